@@ -1,0 +1,52 @@
+"""Hydra plumbing shared by the entry points."""
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from osr.errors import OSRError
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+CONFIG_DIR = str(ROOT_DIR / "conf")
+
+OmegaConf.register_new_resolver("osr_root", lambda: str(ROOT_DIR), replace=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exits_on_user_error(task: F) -> F:
+    """Turn an ``OSRError`` into its message on stderr and exit status 2, no traceback."""
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except OSRError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group such as ``callbacks`` or ``logger``."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (safe to store in checkpoints)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def plain(value: Any) -> Any:
+    """Hydra config nodes as plain containers, so checkpoints hold only primitive types."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

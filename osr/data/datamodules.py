@@ -1,0 +1,212 @@
+"""LightningDataModules holding whole datasets in memory as uint8 tensors.
+
+Each one is usable as the in-distribution dataset (train/val/test) or, given
+``unknown_label``, as an out-of-distribution set whose test images are all UNKNOWN.
+"""
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from osr.config import plain
+from osr.data.sampling import ShardedBatchSampler
+from osr.data.sources import SOURCES
+from osr.data.transforms import BatchTransform
+from osr.errors import OSRError
+from osr.labels import UNKNOWN_NAME
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """One torchvision dataset, held in memory, batched by index and transformed on device.
+
+    Args:
+        data_dir: where the dataset lies (or is downloaded to) in torchvision's layout.
+        mean, std: normalization statistics (1 value, or 3 for RGB normalized before grayscale).
+        val_size: images of the official training set held out for validation.
+        seed: draws the train/val split and the shuffling order.
+        known_classes: class indices kept as known, relabelled 0..K-1 in this order; the
+            others' test images become the OOD set ``<name>_unknown``. None keeps all.
+        unknown_label: set to use the module as an OOD set: only its test split is loaded and
+            every label becomes this value.
+        test_limit: at most this many test images (a seeded random subset), None for all.
+        download: try torchvision's download when the files are missing.
+    """
+
+    source_name: str = ""
+    name: str = ""
+
+    def __init__(
+        self,
+        data_dir: str,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        val_size: int = 10_000,
+        seed: int = 0,
+        known_classes: Sequence[int] | None = None,
+        unknown_label: int | None = None,
+        test_limit: int | None = None,
+        download: bool = True,
+        blur_kernel_size: int = 3,
+        blur_sigma: Sequence[float] = (0.1, 1.0),
+    ) -> None:
+        super().__init__()
+        mean, std, blur_sigma = plain(mean), plain(std), plain(blur_sigma)
+        known_classes = plain(known_classes)
+        self.save_hyperparameters(logger=False)
+        self.data_dir = Path(data_dir).expanduser()
+        self.source = SOURCES[self.source_name]
+        self.transform = BatchTransform(mean, std, blur_kernel_size, blur_sigma)
+        self.known_classes = list(known_classes) if known_classes is not None else None
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+        self.unknown_sets: dict[str, TensorDataset] = {}
+        if not self.is_ood:
+            self._check_known(self.known_indices)
+
+    @property
+    def is_ood(self) -> bool:
+        return self.hparams.unknown_label is not None
+
+    @property
+    def known_indices(self) -> list[int]:
+        """The source's class indices kept as known, in label order."""
+        if self.known_classes is None:
+            return list(range(len(self.source.classes)))
+        return self.known_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of labels 0..K-1 (the single name UNKNOWN in the OOD role)."""
+        if self.is_ood:
+            return [UNKNOWN_NAME]
+        return [self.source.classes[c] for c in self.known_indices]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:
+        if not self.source.available(self.data_dir) and self.hparams.download:
+            self.source.download(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        test_x, test_y = self.source.load(self.data_dir, train=False)
+        if self.is_ood:
+            test_y = torch.full_like(test_y, self.hparams.unknown_label)
+            self.test_set = self._limited(test_x, test_y)
+            return
+        known = self.known_indices
+        relabel = torch.full((len(self.source.classes),), -1, dtype=torch.long)
+        relabel[torch.tensor(known)] = torch.arange(len(known))
+
+        train_x, train_y = self.source.load(self.data_dir, train=True)
+        keep = relabel[train_y] >= 0
+        train_x, train_y = train_x[keep], relabel[train_y[keep]]
+        if not 0 < self.hparams.val_size < len(train_y):
+            raise OSRError(
+                f"data.val_size={self.hparams.val_size} must be between 1 and the "
+                f"{len(train_y)} training images of {self.name}; set data.val_size accordingly."
+            )
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        order = torch.randperm(len(train_y), generator=g)
+        val_idx, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size :]
+        self.train_set = TensorDataset(train_x[train_idx], train_y[train_idx])
+        self.val_set = TensorDataset(train_x[val_idx], train_y[val_idx])
+
+        is_known = relabel[test_y] >= 0
+        self.test_set = self._limited(test_x[is_known], relabel[test_y[is_known]])
+        if not is_known.all():
+            unknown_y = torch.full_like(test_y[~is_known], len(known))
+            self.unknown_sets = {
+                f"{self.name}_unknown": self._limited(test_x[~is_known], unknown_y)
+            }
+
+    def _check_known(self, known: list[int]) -> None:
+        n = len(self.source.classes)
+        if len(known) < 2 or len(set(known)) != len(known) or not all(0 <= c < n for c in known):
+            raise OSRError(
+                f"data.known_classes={known} for {self.name} must be at least two distinct class "
+                f"indices in 0..{n - 1}, e.g. data.known_classes=[0,1,2,3,4,5]."
+            )
+
+    def _limited(self, x: Tensor, y: Tensor) -> TensorDataset:
+        limit = self.hparams.test_limit
+        if limit is not None and limit < len(y):
+            g = torch.Generator().manual_seed(0)
+            keep = torch.randperm(len(y), generator=g)[:limit].sort().values
+            x, y = x[keep], y[keep]
+        return TensorDataset(x, y)
+
+    def _loader(self, dataset: TensorDataset | None, split: str, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no {split} split"
+                + (" in its OOD role" if self.is_ood else "; call setup() first")
+            )
+        trainer = self.trainer
+        sampler = ShardedBatchSampler(
+            len(dataset),
+            self.hparams.batch_size if train else self.hparams.eval_batch_size,
+            shuffle=train,
+            seed=self.hparams.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            pad=train,
+        )
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", train=False)
+
+    def unknown_dataloaders(self) -> dict[str, DataLoader]:
+        """Loaders of the held-out classes' test images (labelled UNKNOWN), by set name."""
+        return {name: self._loader(ds, name, train=False) for name, ds in self.unknown_sets.items()}
+
+    def iterate(self, loader: DataLoader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """An evaluation loader's batches on ``device``, transformed (never augmented)."""
+        transform = self.transform.to(device)
+        for images, labels in loader:
+            yield transform(images.to(device)), labels.to(device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        augment = self.trainer is not None and self.trainer.training
+        return self.transform.to(images.device)(images, augment=augment), labels
+
+
+class MNISTDataModule(ImageDataModule):
+    source_name = "MNIST"
+    name = "mnist"
+
+
+class FashionMNISTDataModule(ImageDataModule):
+    source_name = "FashionMNIST"
+    name = "fashion_mnist"
+
+
+class CIFAR10DataModule(ImageDataModule):
+    source_name = "CIFAR10"
+    name = "cifar10"

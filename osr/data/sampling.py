@@ -1,0 +1,56 @@
+"""Index batches over in-memory tensors: one tensor index per batch instead of per sample."""
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+
+class ShardedBatchSampler(Sampler[Tensor]):
+    """Yields index tensors of ``batch_size`` for one rank of ``num_replicas``.
+
+    Shuffling is a function of (seed, epoch), so every rank draws the same order and takes its
+    own slice. With ``pad=True`` (training) the order is wrapped around so that every rank gets
+    the same number of batches, as ``DistributedSampler`` does; evaluation shards are left
+    uneven and gathered with their true sizes.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad: bool = False,
+    ) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def _padded_size(self) -> int:
+        return -(-self.size // self.num_replicas) * self.num_replicas if self.pad else self.size
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g)
+        else:
+            order = torch.arange(self.size)
+        order = torch.cat([order, order[: self._padded_size - self.size]])
+        yield from order[self.rank :: self.num_replicas].split(self.batch_size)
+
+    def __len__(self) -> int:
+        shard = len(range(self.rank, self._padded_size, self.num_replicas))
+        return -(-shard // self.batch_size)

@@ -1,0 +1,114 @@
+"""Fixtures: a tiny dataset mirror written by the tests, and the real Hydra config."""
+
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from osr.config import CONFIG_DIR
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MIRROR = Path(os.environ.get("OSR_DATA_DIR", SHARED_DATA))
+needs_mirror = pytest.mark.skipif(
+    not (MIRROR / "MNIST" / "raw").is_dir(),
+    reason=f"offline dataset mirror not found at {MIRROR} (set OSR_DATA_DIR)",
+)
+
+TINY_TRAIN, TINY_TEST = 400, 120
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an array in the IDX format MNIST ships in (uint8 data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}i", *array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def digit_like(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8 images: a bright bar whose position encodes the label, plus noise."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28))
+    for i, label in enumerate(labels):
+        row = 3 + 2 * int(label)
+        images[i, row : row + 3, 6:22] = 255
+    return images.astype(np.uint8)
+
+
+def write_idx_dataset(root: Path, name: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", TINY_TRAIN), ("t10k", TINY_TEST)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        write_idx(root / name / "raw" / f"{prefix}-images-idx3-ubyte", digit_like(labels, rng))
+        write_idx(root / name / "raw" / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+
+
+CIFAR_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+
+
+def write_image_folder(folder: Path, classes: list[str], per_class: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for c in classes:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g)
+            torchvision.io.write_jpeg(image, str(folder / c / f"{i:04d}.jpg"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory in torchvision's layout with small MNIST, FashionMNIST and CIFAR10."""
+    root = tmp_path_factory.mktemp("data")
+    write_idx_dataset(root, "MNIST", seed=0)
+    write_idx_dataset(root, "FashionMNIST", seed=1)
+    write_image_folder(root / "CIFAR10" / "test", CIFAR_CLASSES, per_class=6, seed=2)
+    return root
+
+
+TINY_OVERRIDES = [
+    "data.val_size=100",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "data.download=false",
+    "ood.sets.fashion_mnist.download=false",
+    "ood.sets.cifar10.download=false",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.rich_progress_bar=null",
+]
+
+
+@pytest.fixture
+def train_cfg(tiny_data: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the real ``train`` config on the tiny data, writing into tmp_path."""
+
+    def make(*overrides: str, config_name: str = "train") -> DictConfig:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(
+                config_name=config_name,
+                overrides=[f"paths.data_dir={tiny_data}", *TINY_OVERRIDES, *overrides],
+            )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    return make
