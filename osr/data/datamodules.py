@@ -46,7 +46,7 @@ class ImageDataModule(pl.LightningDataModule):
         mean: float | Sequence[float],
         std: float | Sequence[float],
         batch_size: int = 64,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 250,
         num_workers: int = 0,
         val_size: int = 10_000,
         seed: int = 0,

@@ -1,0 +1,94 @@
+"""Reading and rewriting checkpoints safely (``weights_only=True``, atomic writes)."""
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
+
+from osr.errors import CheckpointError
+from osr.io import atomic_write
+
+CONFIG_KEY = "osr_config"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU without running any code stored in it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<path to .ckpt>.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln]
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds objects other than tensors and plain "
+            f"data ({(lines or ['unsafe pickle'])[0]}); nothing in it was run. "
+            "Only load checkpoints written by osr."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a checkpoint ({str(e).splitlines()[0]}). "
+            "Use the run's other checkpoint (best.ckpt or last.ckpt) or retrain."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict).")
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
+    return atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def write_thresholds(path: str | Path, thresholds: Tensor) -> None:
+    """Store calibrated thresholds in an existing checkpoint file."""
+    ckpt = read_checkpoint(path)
+    ckpt["state_dict"]["thresholds"] = thresholds.detach().cpu().clone()
+    save_checkpoint(ckpt, path)
+
+
+def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
+    """Rebuild the LightningModule a checkpoint was written from, weights and thresholds loaded."""
+    config = ckpt.get(CONFIG_KEY)
+    if not config:
+        raise CheckpointError(
+            "the checkpoint holds no osr run configuration; was it written by osr.train?"
+        )
+    hparams = ckpt.get("hyper_parameters", {})
+    module = instantiate(config["model"], class_names=hparams["class_names"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit {config['model']['_target_']} "
+            f"({str(e).splitlines()[0]})."
+        ) from None
+    return module
+
+
+def restore_best_weights(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
+    """Load the best checkpoint's weights (and thresholds) into ``module``; returns its path."""
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback else ""
+    if not best or not Path(best).is_file():
+        return None
+    module.load_state_dict(read_checkpoint(best)["state_dict"])
+    return best
+
+
+class StoreRunConfig(Callback):
+    """Puts the run's resolved config into every checkpoint, so that evaluate, calibrate and
+    predict can rebuild the model and data from the checkpoint alone."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[CONFIG_KEY] = self.config

@@ -1,0 +1,48 @@
+"""The notebook's baseline classifier."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv_output_side(side: int, kernel_size: int, padding: int) -> int:
+    """Side of a stride-1 convolution's output."""
+    return side - 2 * (kernel_size // 2) + 2 * padding
+
+
+class ConvNet(nn.Module):
+    """Two conv blocks (conv, ReLU, 2x2 max-pool, Dropout2d) and two fully connected layers.
+
+    Unlike the notebook, whose dropout outputs were discarded, dropout is applied.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        kernel_size: int = 5,
+        channels: tuple[int, int] = (10, 20),
+        hidden: int = 64,
+        image_size: int = 28,
+        in_channels: int = 1,
+        conv_dropout: float = 0.5,
+        fc1_dropout: float = 0.5,
+        fc2_dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(in_channels, c1, kernel_size, stride=1, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size, stride=1, padding=1)
+        side = conv_output_side(image_size, kernel_size, 1) // 2
+        side = conv_output_side(side, kernel_size, 1) // 2
+        self.fc1 = nn.Linear(c2 * side * side, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.conv_dropout = nn.Dropout2d(conv_dropout)
+        self.fc1_dropout = nn.Dropout(fc1_dropout)
+        self.fc2_dropout = nn.Dropout(fc2_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_dropout(F.max_pool2d(F.relu(self.conv1(x)), 2))
+        x = self.conv_dropout(F.max_pool2d(F.relu(self.conv2(x)), 2))
+        x = self.fc1_dropout(torch.flatten(x, 1))
+        x = self.fc2_dropout(F.relu(self.fc1(x)))
+        return self.fc2(x)

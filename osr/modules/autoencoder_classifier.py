@@ -1,0 +1,58 @@
+"""The notebook's ML_Autoencoder: an autoencoder trained jointly with a classifier head."""
+
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import Tensor
+
+from osr.config import plain
+from osr.modules.open_set import OpenSetModule
+from osr.scores import CLASSIFIER_SCORES, RECONSTRUCTION_SCORES
+
+
+class AutoencoderClassifier(OpenSetModule):
+    """loss = rec_weight * MSE(recon, x) + cls_weight * CE(logits, y).
+
+    The classifier sees the input image (not the latent vector), as in the notebook; the
+    reconstruction error is what says UNKNOWN.
+    """
+
+    score_names = (*RECONSTRUCTION_SCORES, *CLASSIFIER_SCORES)
+
+    def __init__(
+        self,
+        autoencoder: dict,
+        classifier: dict,
+        optimizer: dict,
+        class_names: list[str],
+        voting_scores: list[str] = ("recon_l2", "binary_diff"),
+        rec_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        scheduler: dict | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        autoencoder, classifier = plain(autoencoder), plain(classifier)
+        optimizer, scheduler = plain(optimizer), plain(scheduler)
+        class_names, voting_scores = list(class_names), list(plain(voting_scores))
+        super().__init__(optimizer, class_names, voting_scores, scheduler)
+        self.save_hyperparameters(logger=False)
+        self.autoencoder = instantiate(autoencoder)
+        self.classifier = instantiate(classifier, num_classes=len(class_names))
+        self._finish_init(channels_last)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(reconstruction, logits)."""
+        return self.autoencoder(x), self.classifier(x)
+
+    def _outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        recon, logits = self(x)
+        scores = {name: fn(x, recon) for name, fn in RECONSTRUCTION_SCORES.items()}
+        scores.update({name: fn(logits) for name, fn in CLASSIFIER_SCORES.items()})
+        return logits, scores
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        recon, logits = self(x)
+        rec_mse = F.mse_loss(recon, x)
+        loss = self.hparams.rec_weight * rec_mse + self.hparams.cls_weight * F.cross_entropy(
+            logits, y
+        )
+        return loss, logits, {"rec_mse": rec_mse}

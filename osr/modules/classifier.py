@@ -1,0 +1,42 @@
+"""The baseline: any classifier network trained with cross-entropy."""
+
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import Tensor
+
+from osr.config import plain
+from osr.modules.open_set import OpenSetModule
+from osr.scores import CLASSIFIER_SCORES
+
+
+class Classifier(OpenSetModule):
+    """Scores from the logits alone (``msp``, ``max_logit``, ``energy``)."""
+
+    score_names = tuple(CLASSIFIER_SCORES)
+
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        class_names: list[str],
+        voting_scores: list[str] = ("msp",),
+        scheduler: dict | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
+        class_names, voting_scores = list(class_names), list(plain(voting_scores))
+        super().__init__(optimizer, class_names, voting_scores, scheduler)
+        self.save_hyperparameters(logger=False)
+        self.net = instantiate(net, num_classes=len(class_names))
+        self._finish_init(channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self(x)
+        return logits, {name: fn(logits) for name, fn in CLASSIFIER_SCORES.items()}
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        logits = self(x)
+        return F.cross_entropy(logits, y), logits, {}
