@@ -1,0 +1,50 @@
+"""python -m osr.calibrate ckpt_path=...: refit a checkpoint's thresholds without retraining."""
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from osr.calibration import ThresholdCalibration
+from osr.checkpoints import CONFIG_KEY, module_from_checkpoint, read_checkpoint, save_checkpoint
+from osr.config import exits_on_user_error, plain
+
+log = logging.getLogger("osr.calibrate")
+
+
+def datamodule_from_checkpoint(ckpt: dict, data_overrides: DictConfig) -> pl.LightningDataModule:
+    """The checkpoint's data config with ``data_overrides`` (e.g. this machine's data_dir)."""
+    return instantiate(OmegaConf.merge(ckpt[CONFIG_KEY]["data"], plain(data_overrides)))
+
+
+def calibrate_checkpoint(cfg: DictConfig) -> Path:
+    """Calibrate ``cfg.ckpt_path`` and write the result to the run directory."""
+    ckpt = read_checkpoint(cfg.ckpt_path)
+    module = module_from_checkpoint(ckpt)
+    datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    callback = ThresholdCalibration(
+        instantiate(cfg.calibration), cfg.paths.output_dir, checkpoint=str(cfg.ckpt_path)
+    )
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[callback], logger=False, enable_checkpointing=False
+    )
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    out = Path(cfg.paths.output_dir) / "checkpoints" / "calibrated.ckpt"
+    if trainer.is_global_zero:
+        ckpt["state_dict"]["thresholds"] = module.thresholds.detach().cpu().clone()
+        save_checkpoint(ckpt, out)
+        log.info("thresholds %s -> %s", module.threshold_dict(), out)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")
+@exits_on_user_error
+def main(cfg: DictConfig) -> None:
+    calibrate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Fitting per-score thresholds on the validation split after fit.
+
+Threshold rules are plain objects (``fit(scores) -> threshold``); the ``ThresholdCalibration``
+callback runs the best weights over the validation split, gathers the scores of every rank,
+fits one threshold per score and stores them in the module's ``thresholds`` buffer and in
+the run's checkpoints.
+"""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from osr.checkpoints import restore_best_weights, write_thresholds
+from osr.data.datamodules import ImageDataModule
+from osr.distributed import gather_cat
+from osr.io import write_json
+from osr.modules.open_set import OpenSetModule
+
+
+class ThresholdRule(Protocol):
+    name: str
+
+    def fit(self, scores: Tensor) -> float: ...
+
+
+@dataclass
+class MeanStd:
+    """mean + k * std of the known images' scores (population std, numpy's default)."""
+
+    k: float = 3.0
+    name: str = "mean_std"
+
+    def fit(self, scores: Tensor) -> float:
+        s = scores.double()
+        return (s.mean() + self.k * s.std(correction=0)).item()
+
+
+@dataclass
+class Quantile:
+    """The q-quantile of the known images' scores: a fraction q of them is kept as known."""
+
+    q: float = 0.95
+    name: str = "quantile"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.q <= 1.0:
+            raise ValueError(f"calibration.q={self.q} must lie in (0, 1]")
+
+    def fit(self, scores: Tensor) -> float:
+        return torch.quantile(scores.double(), self.q).item()
+
+
+@torch.inference_mode()
+def collect_scores(
+    module: OpenSetModule, datamodule: ImageDataModule, loader: DataLoader
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Scores, logits and labels of every image of ``loader``, gathered from all ranks."""
+    was_training = module.training
+    module.eval()
+    scores: dict[str, list[Tensor]] = {name: [] for name in module.score_names}
+    logits, labels = [], []
+    for x, y in datamodule.iterate(loader, module.device):
+        batch_logits, batch_scores = module._outputs(x)
+        for name in module.score_names:
+            scores[name].append(batch_scores[name])
+        logits.append(batch_logits)
+        labels.append(y)
+    module.train(was_training)
+    return (
+        {name: gather_cat(torch.cat(values)) for name, values in scores.items()},
+        gather_cat(torch.cat(logits)),
+        gather_cat(torch.cat(labels)),
+    )
+
+
+def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, dict[str, float]]:
+    """One threshold per score, with the statistics it was fitted on."""
+    return {
+        name: {
+            "threshold": rule.fit(values),
+            "mean": values.double().mean().item(),
+            "std": values.double().std(correction=0).item(),
+            "count": int(values.numel()),
+        }
+        for name, values in scores.items()
+    }
+
+
+def calibrate(
+    module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
+) -> dict[str, Any]:
+    """Fit thresholds on the validation split and store them in ``module``."""
+    scores, _, _ = collect_scores(module, datamodule, datamodule.val_dataloader())
+    fitted = fit_thresholds(scores, rule)
+    module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
+    return {
+        "rule": asdict(rule),
+        "voting_scores": list(module.hparams.voting_scores),
+        "split": f"{datamodule.name} val",
+        "scores": fitted,
+    }
+
+
+class ThresholdCalibration(Callback):
+    """After fit: best weights -> validation scores -> thresholds in the module and checkpoints.
+
+    Writes ``thresholds.json`` to ``output_dir`` and logs ``calib/<score>`` to every logger.
+    A standalone ``trainer.validate`` (``osr.calibrate``) calibrates the module as it is.
+    """
+
+    def __init__(
+        self, rule: ThresholdRule, output_dir: str | None = None, checkpoint: str | None = None
+    ) -> None:
+        self.rule = rule
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.checkpoint = checkpoint  # where standalone-validated weights came from
+        self.result: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._calibrate(trainer, pl_module, restore_best_weights(trainer, pl_module))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._calibrate(trainer, pl_module, self.checkpoint)
+
+    def _calibrate(
+        self, trainer: pl.Trainer, pl_module: OpenSetModule, checkpoint: str | None
+    ) -> None:
+        self.result = calibrate(pl_module, trainer.datamodule, self.rule)
+        self.result["checkpoint"] = checkpoint
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"calib/{name}": f["threshold"] for name, f in self.result["scores"].items()},
+                step=trainer.global_step,
+            )
+        self._save(trainer, pl_module)
+        trainer.strategy.barrier("threshold_calibration")
+
+    @rank_zero_only
+    def _save(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
+        callback = trainer.checkpoint_callback
+        paths = {getattr(callback, "best_model_path", ""), getattr(callback, "last_model_path", "")}
+        for path in sorted(p for p in paths if p and Path(p).is_file()):
+            write_thresholds(path, pl_module.thresholds)
+        if self.output_dir is not None:
+            write_json(self.output_dir / "thresholds.json", self.result)

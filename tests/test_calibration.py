@@ -1,0 +1,139 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from osr.calibration import MeanStd, Quantile, fit_thresholds
+from osr.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.errors import NotCalibratedError
+from osr.train import train
+from tests.test_models import make_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mean_std_equals_numpy():
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(2.0, 3.0, size=5000)
+    fitted = MeanStd(k=3).fit(torch.as_tensor(scores, dtype=torch.float32))
+    assert fitted == pytest.approx(np.mean(scores) + 3 * np.std(scores), rel=1e-6)
+    stats = fit_thresholds({"s": torch.as_tensor(scores)}, MeanStd(k=2))["s"]
+    assert stats["mean"] == pytest.approx(np.mean(scores))
+    assert stats["std"] == pytest.approx(np.std(scores))
+    assert stats["count"] == 5000
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.95, 0.99])
+def test_quantile_keeps_the_requested_fraction(q):
+    scores = torch.randn(10_000, generator=torch.Generator().manual_seed(1))
+    threshold = Quantile(q=q).fit(scores)
+    assert (scores <= threshold).float().mean().item() == pytest.approx(q, abs=1e-3)
+    assert threshold == pytest.approx(np.quantile(scores.numpy(), q), rel=1e-5)
+
+
+def test_predict_open_rejects_exactly_when_a_voting_score_exceeds_its_threshold():
+    torch.manual_seed(0)
+    module = make_module("mlae").eval()
+    x = torch.randn(64, 1, 28, 28)
+    logits, scores = module._outputs(x)
+    thresholds = {name: values.median().item() for name, values in scores.items()}
+    thresholds["msp"] = -1.0  # would reject everything, but msp does not vote here
+    module.set_thresholds(thresholds)
+    labels = module.predict_open(x)
+    expected_unknown = (scores["recon_l2"] > thresholds["recon_l2"]) | (
+        scores["binary_diff"] > thresholds["binary_diff"]
+    )
+    assert torch.equal(labels == 10, expected_unknown)
+    assert torch.equal(labels[~expected_unknown], logits.argmax(1)[~expected_unknown])
+    assert 0 < expected_unknown.sum() < 64
+
+
+def test_uncalibrated_model_refuses_open_set_predictions():
+    module = make_module("baseline")
+    with pytest.raises(NotCalibratedError, match="calibrate it first"):
+        module.predict_open(torch.randn(2, 1, 28, 28))
+
+
+def tiny_run(train_cfg, *overrides):
+    cfg = train_cfg(
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        *overrides,
+    )
+    return train(cfg)
+
+
+def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
+    _, objects = tiny_run(train_cfg, "model=mlae")
+    module = objects["model"]
+    run = tmp_path / "run"
+    record = json.loads((run / "thresholds.json").read_text())
+    assert record["rule"] == {"k": 3.0, "name": "mean_std"}
+    assert set(record["scores"]) == {"recon_l2", "binary_diff", "msp", "max_logit", "energy"}
+    assert record["scores"]["recon_l2"]["count"] == 100  # the whole validation split
+    assert record["checkpoint"].endswith("best.ckpt")
+    assert module.is_calibrated
+    for name in ("best.ckpt", "last.ckpt"):
+        loaded = module_from_checkpoint(read_checkpoint(run / "checkpoints" / name))
+        assert loaded.threshold_dict() == pytest.approx(module.threshold_dict())
+        assert loaded.threshold_dict()["recon_l2"] == pytest.approx(
+            record["scores"]["recon_l2"]["threshold"]
+        )
+    metrics = (run / "csv" / "metrics.csv").read_text()
+    assert "calib/recon_l2" in metrics and "calib/energy" in metrics
+
+
+def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "osr.calibrate",
+        f"ckpt_path={ckpt}",
+        f"hydra.run.dir={out}",
+        f"paths.data_dir={data_dir}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "thresholds.json").read_text())
+
+
+def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_data):
+    tiny_run(train_cfg, "model=baseline")
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    before = read_checkpoint(best)["state_dict"]["thresholds"].clone()
+    record = run_calibrate(
+        best, tmp_path / "cal", tiny_data, "calibration=quantile", "calibration.q=0.9"
+    )
+    assert record["rule"] == {"q": 0.9, "name": "quantile"}
+    calibrated = module_from_checkpoint(
+        read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")
+    )
+    assert calibrated.threshold_dict()["msp"] == pytest.approx(record["scores"]["msp"]["threshold"])
+    assert torch.equal(read_checkpoint(best)["state_dict"]["thresholds"], before)  # untouched
+
+
+def test_two_ddp_processes_fit_the_same_thresholds_as_one(train_cfg, tmp_path, tiny_data):
+    tiny_run(train_cfg, "model=mlae", "data.val_size=101")  # odd size: uneven shards
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    one = run_calibrate(best, tmp_path / "one", tiny_data, "trainer.devices=1")
+    two = run_calibrate(
+        best,
+        tmp_path / "two",
+        tiny_data,
+        "trainer=ddp",
+        "trainer.devices=2",
+    )
+    assert one["scores"]["recon_l2"]["count"] == two["scores"]["recon_l2"]["count"] == 101
+    for name, fitted in one["scores"].items():
+        for key in ("threshold", "mean", "std"):
+            assert two["scores"][name][key] == pytest.approx(fitted[key], rel=1e-6, abs=1e-9)
