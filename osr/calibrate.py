@@ -6,18 +6,18 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from osr.calibration import ThresholdCalibration
-from osr.checkpoints import CONFIG_KEY, module_from_checkpoint, read_checkpoint, save_checkpoint
-from osr.config import exits_on_user_error, plain
+from osr.checkpoints import (
+    datamodule_from_checkpoint,
+    module_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from osr.config import exits_on_user_error
 
 log = logging.getLogger("osr.calibrate")
-
-
-def datamodule_from_checkpoint(ckpt: dict, data_overrides: DictConfig) -> pl.LightningDataModule:
-    """The checkpoint's data config with ``data_overrides`` (e.g. this machine's data_dir)."""
-    return instantiate(OmegaConf.merge(ckpt[CONFIG_KEY]["data"], plain(data_overrides)))
 
 
 def calibrate_checkpoint(cfg: DictConfig) -> Path:

@@ -8,13 +8,19 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
+from osr.config import plain
 from osr.errors import CheckpointError
 from osr.io import atomic_write
 
 CONFIG_KEY = "osr_config"
+NO_CONFIG = (
+    "the checkpoint holds no osr run configuration (it was not written by osr.train); "
+    "pass a checkpoint from an osr run directory."
+)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -56,9 +62,7 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
     """Rebuild the LightningModule a checkpoint was written from, weights and thresholds loaded."""
     config = ckpt.get(CONFIG_KEY)
     if not config:
-        raise CheckpointError(
-            "the checkpoint holds no osr run configuration; was it written by osr.train?"
-        )
+        raise CheckpointError(NO_CONFIG)
     hparams = ckpt.get("hyper_parameters", {})
     module = instantiate(config["model"], class_names=hparams["class_names"])
     try:
@@ -69,6 +73,14 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
             f"({str(e).splitlines()[0]})."
         ) from None
     return module
+
+
+def datamodule_from_checkpoint(ckpt: dict[str, Any], overrides: Any) -> pl.LightningDataModule:
+    """The checkpoint's data config with ``overrides`` applied (e.g. this machine's data_dir)."""
+    config = ckpt.get(CONFIG_KEY)
+    if not config:
+        raise CheckpointError(NO_CONFIG)
+    return instantiate(OmegaConf.merge(config["data"], plain(overrides)))
 
 
 def restore_best_weights(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:

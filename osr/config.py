@@ -14,7 +14,22 @@ from osr.errors import OSRError
 ROOT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR = str(ROOT_DIR / "conf")
 
+
+def _sweep_group() -> str | None:
+    """The sweep directory's name inside a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra_cfg.sweep.dir).name
+
+
 OmegaConf.register_new_resolver("osr_root", lambda: str(ROOT_DIR), replace=True)
+OmegaConf.register_new_resolver("osr_sweep_group", _sweep_group, replace=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

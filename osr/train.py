@@ -11,6 +11,11 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from osr.checkpoints import StoreRunConfig, restore_best_weights
 from osr.config import exits_on_user_error, instantiate_group, to_plain
+from osr.evaluation import evaluate
+from osr.history import EpochHistory
+from osr.report import write_results
+from osr.run_info import describe
+from osr.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.train")
 
@@ -32,6 +37,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("evaluate"):
+        evaluation = evaluate(model, datamodule, cfg.ood, trainer.strategy.root_device)
+        metrics.update({k: v for k, v in evaluation.metrics.items() if isinstance(v, float)})
+        if trainer.is_global_zero:
+            history = next((c.epochs for c in callbacks if isinstance(c, EpochHistory)), [])
+            write_results(
+                cfg.paths.output_dir,
+                evaluation,
+                model,
+                describe(cfg, best),
+                history,
+                trainer.loggers,
+                cfg.seed,
+                **cfg.get("report", {}),
+            )
     _print_summary(metrics, best, cfg.paths.output_dir)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
 
@@ -41,6 +61,8 @@ def _print_summary(metrics: dict[str, float], best: str | None, output_dir: str)
     lines = [
         f"best val acc  {metrics.get('val/acc_best', float('nan')):.4f}",
         f"test acc      {metrics.get('test/acc', float('nan')):.4f}",
+        f"open-set acc  {metrics.get('open_set.accuracy', float('nan')):.4f}"
+        f" (known vs unknown {metrics.get('open_set.binary_accuracy', float('nan')):.4f})",
         f"best weights  {best or 'not checkpointed (last weights used)'}",
         f"run directory {output_dir}",
     ]
@@ -50,7 +72,11 @@ def _print_summary(metrics: dict[str, float], best: str | None, output_dir: str)
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exits_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+    prepare_wandb()
+    try:
+        metrics, _ = train(cfg)
+    finally:
+        finish_wandb()  # in a multirun, the next job must start its own W&B run
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -94,6 +94,7 @@ TINY_OVERRIDES = [
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
     "callbacks.rich_progress_bar=null",
+    "report.tsne_points=60",
 ]
 
 
@@ -109,6 +110,30 @@ def train_cfg(tiny_data: Path, tmp_path: Path) -> Callable[..., DictConfig]:
             )
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    return make
+
+
+@pytest.fixture
+def evaluate_cfg(tiny_data: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the real ``evaluate`` config for a checkpoint on the tiny data."""
+
+    def make(ckpt: Path, *overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(
+                config_name="evaluate",
+                overrides=[
+                    f"ckpt_path={ckpt}",
+                    f"paths.data_dir={tiny_data}",
+                    "ood.sets.fashion_mnist.download=false",
+                    "ood.sets.cifar10.download=false",
+                    "report.tsne_points=60",
+                    *overrides,
+                ],
+            )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "evaluation")
         return cfg
 
     return make

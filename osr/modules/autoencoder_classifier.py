@@ -43,6 +43,13 @@ class AutoencoderClassifier(OpenSetModule):
         """(reconstruction, logits)."""
         return self.autoencoder(x), self.classifier(x)
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.autoencoder(x)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The autoencoder's latent vector of each image."""
+        return self.autoencoder.encoder(x)[0]
+
     def _outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         recon, logits = self(x)
         scores = {name: fn(x, recon) for name, fn in RECONSTRUCTION_SCORES.items()}

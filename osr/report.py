@@ -1,0 +1,202 @@
+"""A run's results on disk and in the loggers: metrics.json, plots/*.png, report.md."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.loggers import Logger, WandbLogger
+from sklearn.manifold import TSNE
+
+from osr import plots
+from osr.evaluation import Evaluation
+from osr.io import write_json, write_text
+from osr.modules.open_set import OpenSetModule
+from osr.scores import otsu_binarize
+
+SEPARATION_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+def separation_rows(metrics: dict[str, Any], evaluation: Evaluation) -> list[list[Any]]:
+    """[set, score, auroc, aupr_in, aupr_out, fpr95] per OOD set and score."""
+    rows = []
+    for name, out in evaluation.outputs.items():
+        if name == evaluation.known_set:
+            continue
+        for score in out.scores:
+            prefix = f"ood.{name}.scores.{score}"
+            rows.append([name, score, *(metrics[f"{prefix}.{k}"] for k in SEPARATION_KEYS)])
+    return rows
+
+
+def _sample(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(n, generator=generator)[: min(n, k)].sort().values
+
+
+@torch.inference_mode()
+def make_plots(
+    evaluation: Evaluation,
+    module: OpenSetModule,
+    history: list[dict[str, float]],
+    out_dir: Path,
+    seed: int,
+    tsne_points: int,
+    recon_examples: int,
+) -> dict[str, Path]:
+    module.eval()
+    names = list(module.hparams.class_names)
+    outputs = evaluation.outputs
+    made = {
+        "confusion_matrix": plots.confusion_matrix(
+            evaluation.metrics["open_set.confusion_matrix"], names, out_dir / "confusion_matrix.png"
+        )
+    }
+    thresholds = module.threshold_dict()
+    for score in module.hparams.voting_scores:
+        made[f"scores_{score}"] = plots.score_histograms(
+            {name: out.scores[score] for name, out in outputs.items()},
+            thresholds[score],
+            score,
+            out_dir / f"scores_{score}.png",
+        )
+    if history:
+        made["training_curves"] = plots.training_curves(history, out_dir / "training_curves.png")
+
+    g = torch.Generator().manual_seed(seed)
+    per_set = max(1, recon_examples // len(outputs))
+    picks = {name: _sample(len(out.labels), per_set, g) for name, out in outputs.items()}
+    if hasattr(module, "reconstruct"):
+        images = torch.cat(
+            [_images(evaluation, name, idx, module.device) for name, idx in picks.items()]
+        )
+        recon = module.reconstruct(images)
+        titles = [
+            f"{name}\n{_label(names, t)}→{_label(names, p)}"
+            for name, idx in picks.items()
+            for t, p in zip(outputs[name].labels[idx], outputs[name].predictions[idx], strict=True)
+        ]
+        made["reconstructions"] = plots.reconstructions(
+            images.cpu(),
+            recon.cpu(),
+            otsu_binarize(images).cpu(),
+            otsu_binarize(recon).cpu(),
+            titles,
+            out_dir / "reconstructions.png",
+        )
+    if hasattr(module, "encode") and tsne_points > 0:
+        per_set = max(1, tsne_points // len(outputs))
+        picks = {name: _sample(len(out.labels), per_set, g) for name, out in outputs.items()}
+        latents = torch.cat(
+            [
+                module.encode(_images(evaluation, name, idx, module.device))
+                for name, idx in picks.items()
+            ]
+        )
+        predicted = torch.cat([outputs[name].predictions[idx] for name, idx in picks.items()])
+        embedded = TSNE(
+            n_components=2, init="pca", random_state=seed, perplexity=min(30, len(latents) - 1)
+        ).fit_transform(latents.cpu().double().numpy())
+        made["tsne"] = plots.tsne(embedded, predicted.numpy(), names, out_dir / "tsne.png")
+    return made
+
+
+def _images(evaluation: Evaluation, name: str, idx: torch.Tensor, device: torch.device):
+    dm, loader = evaluation.sets[name]
+    return dm.transform.to(device)(loader.dataset.tensors[0][idx].to(device))
+
+
+def _label(names: list[str], label: torch.Tensor) -> str:
+    i = int(label)
+    return names[i] if i < len(names) else "unknown"
+
+
+def render_report(
+    metrics: dict[str, Any],
+    evaluation: Evaluation,
+    info: dict[str, Any],
+    plot_paths: dict[str, Path],
+    run_dir: Path,
+) -> str:
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    lines = ["# osr run report", "", "## What was run", ""]
+    lines += [f"- **{k}**: {v}" for k, v in info.items()]
+    lines += ["", "## Headline numbers", "", "| metric | value |", "|---|---|"]
+    for key in (
+        "closed_set.accuracy",
+        "open_set.accuracy",
+        "open_set.binary_accuracy",
+        "open_set.macro_f1",
+        "known_rejection_rate",
+    ):
+        lines.append(f"| {key} | {pct(metrics[key])} |")
+    for name in evaluation.outputs:
+        if name != evaluation.known_set:
+            lines.append(
+                f"| ood.{name}.rejection_rate | {pct(metrics[f'ood.{name}.rejection_rate'])} |"
+            )
+    lines += [
+        "",
+        "Thresholds: "
+        + ", ".join(
+            f"`{k.split('.', 1)[1]}` = {v:.4g}"
+            for k, v in metrics.items()
+            if k.startswith("thresholds.")
+        ),
+    ]
+    lines += ["", "## Separation of known test images from each OOD set", ""]
+    lines += [
+        "| OOD set | score | AUROC | AUPR-In | AUPR-Out | FPR@95%TPR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in separation_rows(metrics, evaluation):
+        lines.append("| " + " | ".join([row[0], f"`{row[1]}`", *(pct(v) for v in row[2:])]) + " |")
+    lines += ["", "## Plots", ""]
+    for name, path in plot_paths.items():
+        lines += [
+            f"### {name.replace('_', ' ')}",
+            "",
+            f"![{name}]({path.relative_to(run_dir)})",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def publish(
+    loggers: list[Logger],
+    metrics: dict[str, Any],
+    rows: list[list[Any]],
+    plot_paths: dict[str, Path],
+) -> None:
+    """Scalar metrics to every logger; plots and the separation table to W&B as well."""
+    scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    for logger in loggers:
+        logger.log_metrics(scalars)
+        if isinstance(logger, WandbLogger):
+            logger.log_table(
+                "eval/separation", columns=["set", "score", *SEPARATION_KEYS], data=rows
+            )
+            for name, path in plot_paths.items():
+                logger.log_image(f"plots/{name}", images=[str(path)])
+        logger.save()
+
+
+def write_results(
+    run_dir: str | Path,
+    evaluation: Evaluation,
+    module: OpenSetModule,
+    info: dict[str, Any],
+    history: list[dict[str, float]],
+    loggers: list[Logger],
+    seed: int,
+    tsne_points: int = 3000,
+    recon_examples: int = 8,
+) -> dict[str, Path]:
+    """Write metrics.json, plots/*.png and report.md to ``run_dir`` and publish to loggers."""
+    run_dir = Path(run_dir)
+    plot_paths = make_plots(
+        evaluation, module, history, run_dir / "plots", seed, tsne_points, recon_examples
+    )
+    metrics = evaluation.metrics
+    write_json(run_dir / "metrics.json", metrics)
+    write_text(run_dir / "report.md", render_report(metrics, evaluation, info, plot_paths, run_dir))
+    publish(loggers, metrics, separation_rows(metrics, evaluation), plot_paths)
+    return plot_paths
