@@ -28,7 +28,15 @@ def _sweep_group() -> str | None:
     return Path(hydra_cfg.sweep.dir).name
 
 
+def _item(sequence: ListConfig, index: int) -> Any:
+    """``${osr_item:${splits},${split}}``: one entry of a list, chosen by another key."""
+    if not 0 <= int(index) < len(sequence):
+        raise OSRError(f"index {index} is out of range: choose 0..{len(sequence) - 1}")
+    return sequence[int(index)]
+
+
 OmegaConf.register_new_resolver("osr_root", lambda: str(ROOT_DIR), replace=True)
+OmegaConf.register_new_resolver("osr_item", _item, replace=True)
 OmegaConf.register_new_resolver("osr_sweep_group", _sweep_group, replace=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
