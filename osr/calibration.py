@@ -146,8 +146,11 @@ class ThresholdCalibration(Callback):
 
     @rank_zero_only
     def _save(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
-        callback = trainer.checkpoint_callback
-        paths = {getattr(callback, "best_model_path", ""), getattr(callback, "last_model_path", "")}
+        paths = {
+            path
+            for callback in trainer.checkpoint_callbacks
+            for path in (callback.best_model_path, callback.last_model_path)
+        }
         for path in sorted(p for p in paths if p and Path(p).is_file()):
             write_thresholds(path, pl_module.thresholds)
         if self.output_dir is not None:

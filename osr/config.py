@@ -35,7 +35,18 @@ def _item(sequence: ListConfig, index: int) -> Any:
     return sequence[int(index)]
 
 
+def _run_dir(task_name: str, ckpt_path: str | None, fresh: str) -> str:
+    """Resuming training from ``<run>/checkpoints/x.ckpt`` continues in ``<run>``, so the
+    run keeps its best-checkpoint record; everything else gets a ``fresh`` directory."""
+    if task_name == "train" and ckpt_path:
+        ckpt = Path(ckpt_path).expanduser().resolve()
+        if ckpt.parent.name == "checkpoints":
+            return str(ckpt.parent.parent)
+    return fresh
+
+
 OmegaConf.register_new_resolver("osr_root", lambda: str(ROOT_DIR), replace=True)
+OmegaConf.register_new_resolver("osr_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("osr_item", _item, replace=True)
 OmegaConf.register_new_resolver("osr_sweep_group", _sweep_group, replace=True)
 

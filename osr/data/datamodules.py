@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from osr.config import plain
-from osr.data.sampling import ShardedBatchSampler
+from osr.data.sampling import ResumableDataLoader, ShardedBatchSampler
 from osr.data.sources import SOURCES
 from osr.data.transforms import BatchTransform
 from osr.errors import OSRError
@@ -164,13 +164,22 @@ class ImageDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             pad=train,
         )
-        return DataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=None,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        options = {
+            "sampler": sampler,
+            "batch_size": None,
+            "num_workers": self.hparams.num_workers,
+            "persistent_workers": self.hparams.num_workers > 0,
+            # its own generator: creating an iterator must not draw from the global RNG,
+            # or a resumed run would see different dropout and blur than an uninterrupted one
+            "generator": torch.Generator().manual_seed(self.hparams.seed),
+        }
+        if train:
+            return ResumableDataLoader(dataset, batches_done=self._batches_trained, **options)
+        return DataLoader(dataset, **options)
+
+    def _batches_trained(self) -> int:
+        """Batches of the current epoch whose optimizer step has been taken."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", train=True)

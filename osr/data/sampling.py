@@ -1,10 +1,11 @@
 """Index batches over in-memory tensors: one tensor index per batch instead of per sample."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class ShardedBatchSampler(Sampler[Tensor]):
@@ -34,6 +35,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         self.rank = rank
         self.pad = pad
         self.epoch = 0
+        self.skip = 0  # batches of the current epoch already trained before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -49,8 +51,33 @@ class ShardedBatchSampler(Sampler[Tensor]):
         else:
             order = torch.arange(self.size)
         order = torch.cat([order, order[: self._padded_size - self.size]])
-        yield from order[self.rank :: self.num_replicas].split(self.batch_size)
+        skip, self.skip = self.skip, 0
+        yield from order[self.rank :: self.num_replicas].split(self.batch_size)[skip:]
 
     def __len__(self) -> int:
         shard = len(range(self.rank, self._padded_size, self.num_replicas))
         return -(-shard // self.batch_size)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a ``ShardedBatchSampler`` that resumes mid-epoch.
+
+    Lightning saves ``state_dict()`` in every checkpoint and hands it back through
+    ``load_state_dict()`` before iterating again. The number of batches already trained comes
+    from ``batches_done`` (the trainer's progress), not from the iterator, which Lightning
+    reads one batch ahead.
+    """
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done()}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        epoch, done = state_dict["epoch"], state_dict["batches_done"]
+        if done >= len(self.sampler):  # saved at the end of an epoch: the next one starts
+            epoch, done = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = done

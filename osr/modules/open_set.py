@@ -46,6 +46,7 @@ class OpenSetModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run remembers it
 
     def _finish_init(self, channels_last: bool) -> None:
         """Called by subclasses once their networks exist."""
@@ -121,9 +122,6 @@ class OpenSetModule(pl.LightningModule):
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         loss, logits, extra = self._loss(x, y)
@@ -140,7 +138,8 @@ class OpenSetModule(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -1,0 +1,18 @@
+"""Callbacks the tests inject into real training runs through the config."""
+
+import os
+import signal
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process when ``step`` optimizer steps are done: a crash mid-epoch."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
