@@ -1,9 +1,11 @@
 """python -m osr.summarize <sweep dir>: one row per configuration, mean ± std over seeds.
 
 Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml`` below the sweep directory;
-a configuration is a job's overrides other than ``seed``, named by those that differ
-between jobs (the ones all jobs share are listed once). The std is the sample standard
-deviation over seeds (ddof=1; 0 with a single seed).
+a configuration is a job's overrides other than the replicate keys (``seed``; add
+``--replicates seed ckpt_path`` for an ``osr.evaluate`` sweep over the checkpoints of
+several seeds), named by those that differ between jobs (the ones all jobs share are
+listed once). The std is the sample standard deviation over seeds (ddof=1; 0 with a single
+seed).
 """
 
 import argparse
@@ -20,14 +22,16 @@ import yaml
 
 from osr.io import write_text
 
-SEED_KEYS = ("seed",)
+REPLICATE_KEYS = ("seed",)
 
 
-def without_seed(overrides: list[str]) -> frozenset[str]:
-    return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS)
+def configuration_overrides(overrides: list[str], replicates: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in replicates)
 
 
-def collect(sweep_dir: Path) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
+def collect(
+    sweep_dir: Path, replicates: tuple[str, ...] = REPLICATE_KEYS
+) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
     """Scalar metrics of every finished job grouped by configuration, and the overrides
     shared by all jobs."""
     jobs = []
@@ -36,7 +40,7 @@ def collect(sweep_dir: Path) -> tuple[dict[str, list[dict[str, float]]], list[st
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         metrics = json.loads(metrics_file.read_text())
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        jobs.append((without_seed(overrides or []), scalars))
+        jobs.append((configuration_overrides(overrides or [], replicates), scalars))
     shared = frozenset.intersection(*(o for o, _ in jobs)) if jobs else frozenset()
     groups: dict[str, list[dict[str, float]]] = defaultdict(list)
     for overrides, scalars in jobs:
@@ -55,8 +59,8 @@ def aggregate(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def summarize(sweep_dir: Path) -> tuple[Path, Path]:
-    groups, shared = collect(sweep_dir)
+def summarize(sweep_dir: Path, replicates: tuple[str, ...] = REPLICATE_KEYS) -> tuple[Path, Path]:
+    groups, shared = collect(sweep_dir, replicates)
     if not groups:
         raise SystemExit(
             f"error: no metrics.json below {sweep_dir}; pass a sweep directory such as "
@@ -89,10 +93,16 @@ def summarize(sweep_dir: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
+    parser.add_argument(
+        "--replicates",
+        nargs="+",
+        default=list(REPLICATE_KEYS),
+        help="override keys whose values are replicates of one configuration (default: seed)",
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         sys.exit(f"error: {args.sweep_dir} is not a directory; pass outputs/multirun/<date>/<time>")
-    md, csv_path = summarize(args.sweep_dir)
+    md, csv_path = summarize(args.sweep_dir, tuple(args.replicates))
     print(md.read_text())
     print(f"written {md} and {csv_path}")
 

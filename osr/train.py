@@ -9,8 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from osr.checkpoints import StoreRunConfig, restore_best_weights
+from osr.checkpoints import CONFIG_KEY, StoreRunConfig, read_checkpoint, restore_best_weights
 from osr.config import exits_on_user_error, instantiate_group, to_plain
+from osr.errors import CheckpointError
 from osr.evaluation import evaluate
 from osr.history import EpochHistory
 from osr.report import write_results
@@ -31,7 +32,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_config)  # the resolved config, in every logger
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, cfg.model._target_)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = restore_best_weights(trainer, model)
     if cfg.get("test"):
@@ -54,6 +59,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             )
     _print_summary(metrics, best, cfg.paths.output_dir)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+
+
+def check_resumable(ckpt_path: str, model_target: str) -> None:
+    """Refuse a checkpoint that is unreadable or was written by another kind of model."""
+    written_by = (read_checkpoint(ckpt_path).get(CONFIG_KEY) or {}).get("model", {}).get("_target_")
+    if written_by != model_target:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} was written by {written_by or 'something other than osr'}, "
+            f"but this run builds {model_target}. Pass the model the checkpoint was trained with "
+            "(model=baseline or model=mlae) or another checkpoint."
+        )
 
 
 @rank_zero_only

@@ -111,7 +111,13 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     data = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
-    for key in (b"open_set.accuracy", b"calib/msp", b"val/acc", b"eval/separation"):
+    for key in (
+        b"open_set.accuracy",
+        b"calib/msp",
+        b"val/acc",
+        b"eval/separation",
+        b"voting_scores",
+    ):
         assert key in data, key
 
 

@@ -82,3 +82,35 @@ def test_same_seed_same_metrics_other_seed_other_metrics(train_cfg, tmp_path):
     first, again, other = metrics(7, "a"), metrics(7, "b"), metrics(8, "c")
     assert first == again
     assert first != other
+
+
+def test_atomic_write_never_leaves_a_truncated_file(tmp_path):
+    from osr.io import atomic_write, write_json
+
+    target = write_json(tmp_path / "metrics.json", {"a": 1})
+
+    def crash(f):
+        f.write(b'{"a": 2, "trunc')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, crash)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_wandb_api_key_never_lands_in_run_files(train_cfg, tmp_path, monkeypatch):
+    from osr.wandb_setup import finish_wandb
+
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    try:
+        train(train_cfg("model=baseline", "logger=many_loggers", "trainer.max_epochs=1"))
+    finally:
+        finish_wandb()
+    run = tmp_path / "run"
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert any("wandb" in p.parts for p in files) and (run / "report.md").is_file()
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path

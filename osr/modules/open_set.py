@@ -111,6 +111,13 @@ class OpenSetModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss, logits, extra = self._loss(x, y)
+        if not torch.isfinite(loss):
+            raise OSRError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step} (batch {batch_idx}); training stopped rather than go on "
+                "with broken weights. Lower model.optimizer.lr, or resume from the last good "
+                "checkpoint (checkpoints/last.ckpt)."
+            )
         self.train_loss(loss)
         self.train_acc(logits, y)
         n = len(y)

@@ -1,0 +1,133 @@
+"""python -m osr.predict ckpt_path=... inputs=...: a label or UNKNOWN for each image file."""
+
+import csv
+import glob
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+import torchvision
+from omegaconf import DictConfig
+from rich.progress import track
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from osr.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.config import exits_on_user_error
+from osr.data.sources import IMAGE_SIZE
+from osr.data.transforms import BatchTransform
+from osr.errors import NotCalibratedError, OSRError
+from osr.evaluate import resolve_device
+from osr.io import write_text
+from osr.labels import UNKNOWN_NAME
+
+log = logging.getLogger("osr.predict")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+def find_images(inputs: str) -> list[Path]:
+    """An image file, every PNG/JPEG below a folder, or the files a glob matches."""
+    path = Path(inputs).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not files:
+        raise OSRError(
+            f"inputs={inputs}: no PNG or JPEG images found there. Pass an image file, a "
+            "folder of images, or a quoted glob such as inputs='photos/*.png'."
+        )
+    return files
+
+
+def load_image(path: Path, channels: int) -> Tensor:
+    """One image file as uint8 (C,28,28): decoded, converted to gray (or RGB), resized."""
+    mode = torchvision.io.ImageReadMode.GRAY if channels == 1 else torchvision.io.ImageReadMode.RGB
+    image = torchvision.io.decode_image(torchvision.io.read_file(str(path)), mode=mode)
+    if min(image.shape[-2:]) == 0:
+        raise ValueError("the image is empty")
+    return TF.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+
+
+def load_images(paths: list[Path], channels: int) -> tuple[list[Path], Tensor, list[Skipped]]:
+    kept, images, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(load_image(path, channels))
+            kept.append(path)
+        except (RuntimeError, ValueError) as e:
+            # torchvision prefixes its C++ source location; keep the sentence
+            reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", " ".join(str(e).split())) or type(e).__name__
+            skipped.append(Skipped(path, f"not a readable PNG/JPEG image ({reason})"))
+    stacked = torch.stack(images) if images else torch.empty(0, channels, IMAGE_SIZE, IMAGE_SIZE)
+    return kept, stacked.to(torch.uint8), skipped
+
+
+@torch.inference_mode()
+def predict(cfg: DictConfig) -> Path:
+    ckpt = read_checkpoint(cfg.ckpt_path)
+    module = module_from_checkpoint(ckpt).eval().to(resolve_device(cfg.device))
+    if not module.is_calibrated:
+        raise NotCalibratedError(
+            f"checkpoint {cfg.ckpt_path} has no thresholds, so it cannot say UNKNOWN: "
+            f"calibrate it first with `python -m osr.calibrate ckpt_path={cfg.ckpt_path}`."
+        )
+    stats = ckpt["datamodule_hyper_parameters"]
+    transform = BatchTransform(stats["mean"], stats["std"]).to(module.device)
+    channels = 3 if transform.mean.shape[1] == 3 else 1
+    paths, images, skipped = load_images(find_images(cfg.inputs), channels)
+    for s in skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+
+    names = [*module.hparams.class_names, UNKNOWN_NAME]
+    thresholds = module.threshold_dict()
+    columns = ["path", "prediction", "label"]
+    columns += [c for s in module.score_names for c in (s, f"{s}_threshold")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    batches = range(0, len(paths), cfg.batch_size)
+    counts = torch.zeros(len(names), dtype=torch.long)
+    for start in track(batches, description="predicting", disable=len(batches) < 2):
+        x = transform(images[start : start + cfg.batch_size].to(module.device))
+        logits, scores = module._outputs(x)
+        labels = module.decide(logits, scores).cpu()
+        counts += torch.bincount(labels, minlength=len(names))
+        scores = {k: v.cpu().tolist() for k, v in scores.items()}
+        for i, label in enumerate(labels.tolist()):
+            row = [str(paths[start + i]), names[label], label]
+            row += [v for s in module.score_names for v in (scores[s][i], thresholds[s])]
+            writer.writerow(row)
+    output = Path(cfg.output)
+    if not output.is_absolute():
+        output = Path(cfg.paths.output_dir) / output
+    write_text(output, buffer.getvalue())
+    unknown = int(counts[-1])
+    summary = (
+        f"predicted {len(paths)} images: {len(paths) - unknown} known, {unknown} unknown; "
+        f"{len(skipped)} unreadable files skipped -> {output}"
+    )
+    log.info(summary)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@exits_on_user_error
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
