@@ -53,7 +53,7 @@ def score_histograms(
     for name, v in values.items():
         ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, density=True, alpha=0.45, label=name)
     ax.axvline(threshold, ls="--", color="red", label=f"threshold {threshold:.3g}")
-    ax.set_xlabel(f"{score_name} (higher = more unknown)")
+    ax.set_xlabel(f"{score_name} (higher = more unknown; tails beyond the axis in the end bins)")
     ax.set_ylabel("density")
     ax.set_title(f"{score_name} per dataset")
     ax.legend()

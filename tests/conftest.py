@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from osr.config import CONFIG_DIR
+from osr.data.sources import CIFAR10Source
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIRROR = Path(os.environ.get("OSR_DATA_DIR", SHARED_DATA))
@@ -51,18 +52,7 @@ def write_idx_dataset(root: Path, name: str, seed: int) -> None:
         write_idx(root / name / "raw" / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
 
 
-CIFAR_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+CIFAR_CLASSES = CIFAR10Source.classes
 
 
 def write_image_folder(folder: Path, classes: list[str], per_class: int, seed: int) -> None:
