@@ -1,0 +1,165 @@
+"""Training throughput (images/s) of both models, side by side in one run:
+
+- osr: the Trainer that ``osr.train`` builds (in-memory uint8 batches, blur on device);
+- hand loop: a minimal PyTorch loop over the same model and the same in-memory batches;
+- notebook: the notebook's feeding, torchvision MNIST with per-sample PIL transforms
+  (Resize, ToTensor, Normalize, GaussianBlur) through a DataLoader with 2 workers, batch 64.
+
+Also the FLOPs per training image (``FlopCounterMode``) and the achieved GFLOP/s against a
+large float32 ``torch.mm``.
+
+    python -m benchmarks.training [--batches 300]
+"""
+
+import argparse
+import json
+import time
+
+import pytorch_lightning as pl
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Subset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from benchmarks.common import MIRROR, RESULTS, machine
+from osr.config import CONFIG_DIR
+
+
+def compose_train(model: str, batches: int):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"model={model}",
+                f"paths.data_dir={MIRROR}",
+                "paths.output_dir=/tmp/osr-bench",
+                "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={batches}",
+                "trainer.limit_val_batches=0",
+                "trainer.enable_checkpointing=false",
+                "trainer.enable_model_summary=false",
+                "trainer.enable_progress_bar=false",
+                "callbacks=none",
+                "logger=[]",
+                "data.download=false",
+            ],
+        )
+
+
+def fresh(cfg, datamodule):
+    pl.seed_everything(0)
+    return instantiate(cfg.model, class_names=datamodule.class_names)
+
+
+def osr_trainer(cfg, datamodule, batches: int) -> float:
+    model = fresh(cfg, datamodule)
+    trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    return batches * datamodule.hparams.batch_size / (time.perf_counter() - start)
+
+
+def train_loop(model, batches, transform=None) -> float:
+    optimizer = model.configure_optimizers()
+    model.train()
+    seen = 0
+    start = time.perf_counter()
+    for images, labels in batches:
+        x = transform(images, augment=True) if transform else images
+        loss = model._loss(x, labels)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    return seen / (time.perf_counter() - start)
+
+
+def limited(loader, n):
+    for i, batch in enumerate(loader):
+        if i == n:
+            return
+        yield batch
+
+
+def notebook_loader() -> DataLoader:
+    dataset = torchvision.datasets.MNIST(
+        str(MIRROR),
+        train=True,
+        download=False,
+        transform=transforms.Compose(
+            [
+                transforms.Resize((28, 28)),
+                transforms.ToTensor(),
+                transforms.Normalize(0.13, 0.31),
+                transforms.GaussianBlur(kernel_size=(3, 3), sigma=(0.1, 1)),
+            ]
+        ),
+    )
+    return DataLoader(Subset(dataset, range(50_000)), batch_size=64, shuffle=True, num_workers=2)
+
+
+def flops_per_image(model, x, y) -> float:
+    with FlopCounterMode(display=False) as counter:
+        model._loss(x, y)[0].backward()
+    return counter.get_total_flops() / len(x)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, default=300)
+    args = parser.parse_args()
+    rows = {}
+    peak = matmul_gflops()
+    for name in ("baseline", "mlae"):
+        cfg = compose_train(name, args.batches)
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        trainer_rate = osr_trainer(cfg, datamodule, args.batches)
+        loader = datamodule.train_dataloader()
+        loop_rate = train_loop(
+            fresh(cfg, datamodule), limited(loader, args.batches), datamodule.transform
+        )
+        notebook_rate = train_loop(fresh(cfg, datamodule), limited(notebook_loader(), args.batches))
+        x = datamodule.transform(datamodule.train_set.tensors[0][:64])
+        flops = flops_per_image(fresh(cfg, datamodule), x, datamodule.train_set.tensors[1][:64])
+        rows[name] = {
+            "osr_trainer_img_s": trainer_rate,
+            "hand_loop_img_s": loop_rate,
+            "notebook_feeding_img_s": notebook_rate,
+            "speedup_vs_notebook": trainer_rate / notebook_rate,
+            "trainer_vs_hand_loop": trainer_rate / loop_rate,
+            "train_flops_per_image": flops,
+            "achieved_gflop_s": flops * trainer_rate / 1e9,
+        }
+    print(f"float32 matmul (2048^2): {peak:.1f} GFLOP/s")
+    header = f"{'model':<9}{'osr img/s':>11}{'hand loop':>11}{'notebook':>10}{'vs nb':>7}"
+    print(header + f"{'vs loop':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}")
+    for name, r in rows.items():
+        print(
+            f"{name:<9}{r['osr_trainer_img_s']:>11.0f}{r['hand_loop_img_s']:>11.0f}"
+            f"{r['notebook_feeding_img_s']:>10.0f}{r['speedup_vs_notebook']:>6.2f}x"
+            f"{r['trainer_vs_hand_loop']:>8.2f}x{r['train_flops_per_image'] / 1e6:>11.2f}"
+            f"{r['achieved_gflop_s']:>9.2f}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "training.json"
+    out.write_text(
+        json.dumps({"machine": machine(), "matmul_gflop_s": peak, "models": rows}, indent=2)
+    )
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
