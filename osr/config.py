@@ -35,18 +35,30 @@ def _item(sequence: ListConfig, index: int) -> Any:
     return sequence[int(index)]
 
 
-def _run_dir(task_name: str, ckpt_path: str | None, fresh: str) -> str:
-    """Resuming training from ``<run>/checkpoints/x.ckpt`` continues in ``<run>``, so the
-    run keeps its best-checkpoint record; everything else gets a ``fresh`` directory."""
+def _resumed_run(task_name: str, ckpt_path: str | None) -> Path | None:
+    """The run directory that ``osr.train ckpt_path=<run>/checkpoints/x.ckpt`` continues."""
     if task_name == "train" and ckpt_path:
         ckpt = Path(ckpt_path).expanduser().resolve()
         if ckpt.parent.name == "checkpoints":
-            return str(ckpt.parent.parent)
-    return fresh
+            return ckpt.parent.parent
+    return None
+
+
+def _run_dir(task_name: str, ckpt_path: str | None, fresh: str) -> str:
+    """Resuming training continues in the checkpoint's run directory, so the run keeps its
+    best-checkpoint record; everything else gets a ``fresh`` directory."""
+    run = _resumed_run(task_name, ckpt_path)
+    return str(run) if run else fresh
+
+
+def _hydra_subdir(task_name: str, ckpt_path: str | None, stamp: str) -> str:
+    """A resumed run records its config beside the original ``.hydra``, never over it."""
+    return f".hydra-resumed-{stamp}" if _resumed_run(task_name, ckpt_path) else ".hydra"
 
 
 OmegaConf.register_new_resolver("osr_root", lambda: str(ROOT_DIR), replace=True)
 OmegaConf.register_new_resolver("osr_run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("osr_hydra_subdir", _hydra_subdir, replace=True)
 OmegaConf.register_new_resolver("osr_item", _item, replace=True)
 OmegaConf.register_new_resolver("osr_sweep_group", _sweep_group, replace=True)
 

@@ -55,9 +55,13 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, kill_step):
     assert 10 < saved_at < kill_step  # a checkpoint from before the crash, not an epoch end
     assert not (tmp_path / "killed" / "metrics.json").exists()
 
+    overrides = (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text()
     resumed = run_train(tiny_data, None, *RESUME_RUN, f"ckpt_path={last}")  # in its own run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run directory {tmp_path / 'killed'}" in resumed.stdout + resumed.stderr
+    assert (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text() == overrides
+    (resumed_config,) = (tmp_path / "killed").glob(".hydra-resumed-*/overrides.yaml")
+    assert "ckpt_path=" in resumed_config.read_text()
     expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert got.keys() == expected.keys()
