@@ -68,7 +68,7 @@ def collect_scores(
     scores: dict[str, list[Tensor]] = {name: [] for name in module.score_names}
     logits, labels = [], []
     for x, y in datamodule.iterate(loader, module.device):
-        batch_logits, batch_scores = module._outputs(x)
+        batch_logits, batch_scores = module.logits_and_scores(x)
         for name in module.score_names:
             scores[name].append(batch_scores[name])
         logits.append(batch_logits)

@@ -102,7 +102,7 @@ def predict(cfg: DictConfig) -> Path:
     counts = torch.zeros(len(names), dtype=torch.long)
     for start in track(batches, description="predicting", disable=len(batches) < 2):
         x = transform(images[start : start + cfg.batch_size].to(module.device))
-        logits, scores = module._outputs(x)
+        logits, scores = module.logits_and_scores(x)
         labels = module.decide(logits, scores).cpu()
         counts += torch.bincount(labels, minlength=len(names))
         scores = {k: v.cpu().tolist() for k, v in scores.items()}

@@ -40,7 +40,7 @@ def test_predict_open_rejects_exactly_when_a_voting_score_exceeds_its_threshold(
     torch.manual_seed(0)
     module = make_module("mlae").eval()
     x = torch.randn(64, 1, 28, 28)
-    logits, scores = module._outputs(x)
+    logits, scores = module.logits_and_scores(x)
     thresholds = {name: values.median().item() for name, values in scores.items()}
     thresholds["msp"] = -1.0  # would reject everything, but msp does not vote here
     module.set_thresholds(thresholds)

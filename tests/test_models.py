@@ -78,7 +78,7 @@ def test_dropout_active_in_train_mode_only(kind):
     )
     module.eval()
     with torch.no_grad():
-        assert torch.equal(module._outputs(x)[0], module._outputs(x)[0])
+        assert torch.equal(module.logits_and_scores(x)[0], module.logits_and_scores(x)[0])
 
 
 @pytest.mark.parametrize("kind", ["baseline", "mlae"])
@@ -135,4 +135,4 @@ def test_checkpoint_loads_back_into_an_identical_model(train_cfg, tmp_path, mode
         assert k == k2 and torch.equal(a, b), k
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
-        assert torch.equal(trained._outputs(x)[0], loaded._outputs(x)[0])
+        assert torch.equal(trained.logits_and_scores(x)[0], loaded.logits_and_scores(x)[0])

@@ -50,7 +50,7 @@ class AutoencoderClassifier(OpenSetModule):
         """The autoencoder's latent vector of each image."""
         return self.autoencoder.encoder(x)[0]
 
-    def _outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         recon, logits = self(x)
         scores = {name: fn(x, recon) for name, fn in RECONSTRUCTION_SCORES.items()}
         scores.update({name: fn(logits) for name, fn in CLASSIFIER_SCORES.items()})

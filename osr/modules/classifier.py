@@ -33,7 +33,7 @@ class Classifier(OpenSetModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def _outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self(x)
         return logits, {name: fn(logits) for name, fn in CLASSIFIER_SCORES.items()}
 

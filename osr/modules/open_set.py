@@ -18,7 +18,7 @@ class OpenSetModule(pl.LightningModule):
     """A classifier over K known classes that can also answer UNKNOWN (label K).
 
     Subclasses name the scores they support in ``score_names`` and implement
-    ``_outputs(x) -> (logits, scores)`` and ``_loss(x, y) -> (loss, logits, extra logs)``.
+    ``logits_and_scores(x) -> (logits, scores)`` and ``_loss(x, y) -> (loss, logits, extra logs)``.
     Thresholds live in the ``thresholds`` buffer (NaN until calibrated), aligned with
     ``score_names``, so every checkpoint carries them.
     """
@@ -63,12 +63,12 @@ class OpenSetModule(pl.LightningModule):
         return unknown_label(self.num_classes)
 
     # --- open-set interface -------------------------------------------------------------
-    def _outputs(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
     def scores(self, x: Tensor) -> dict[str, Tensor]:
         """Every supported score of each image of the batch (higher = more unknown)."""
-        return self._outputs(x)[1]
+        return self.logits_and_scores(x)[1]
 
     @property
     def is_calibrated(self) -> bool:
@@ -101,7 +101,7 @@ class OpenSetModule(pl.LightningModule):
 
     @torch.no_grad()
     def predict_open(self, x: Tensor) -> Tensor:
-        logits, scores = self._outputs(x)
+        logits, scores = self.logits_and_scores(x)
         return self.decide(logits, scores)
 
     # --- training -------------------------------------------------------------------------
