@@ -5,7 +5,8 @@
 - notebook: the notebook's feeding, torchvision MNIST with per-sample PIL transforms
   (Resize, ToTensor, Normalize, GaussianBlur) through a DataLoader with 2 workers, batch 64.
 
-Also the FLOPs per training image (``FlopCounterMode``) and the achieved GFLOP/s against a
+Rates exclude the first 20 batches of each measurement (start-up). Also the FLOPs per
+training image (``FlopCounterMode``) and the achieved GFLOP/s against a
 large float32 ``torch.mm``.
 
     python -m benchmarks.training [--batches 300]
@@ -54,20 +55,36 @@ def fresh(cfg, datamodule):
     return instantiate(cfg.model, class_names=datamodule.class_names)
 
 
-def osr_trainer(cfg, datamodule, batches: int) -> float:
-    model = fresh(cfg, datamodule)
-    trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    return batches * datamodule.hparams.batch_size / (time.perf_counter() - start)
+WARMUP = 20  # batches excluded from every measurement (start-up, allocator warm-up)
+
+
+class SteadyStateTimer(pl.Callback):
+    """Images/s of the training batches after the first WARMUP, as the Trainer runs them."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == WARMUP:
+            self.start, self.seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx >= WARMUP:
+            self.seen += len(batch[1])
+            self.rate = self.seen / (time.perf_counter() - self.start)
+
+
+def osr_trainer(cfg, datamodule) -> float:
+    timer = SteadyStateTimer()
+    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False)
+    trainer.fit(fresh(cfg, datamodule), datamodule=datamodule)
+    return timer.rate
 
 
 def train_loop(model, batches, transform=None) -> float:
     optimizer = model.configure_optimizers()
     model.train()
     seen = 0
-    start = time.perf_counter()
-    for images, labels in batches:
+    for i, (images, labels) in enumerate(batches):
+        if i == WARMUP:
+            start, seen = time.perf_counter(), 0
         x = transform(images, augment=True) if transform else images
         loss = model._loss(x, labels)[0]
         optimizer.zero_grad()
@@ -126,7 +143,7 @@ def main() -> None:
         cfg = compose_train(name, args.batches)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
-        trainer_rate = osr_trainer(cfg, datamodule, args.batches)
+        trainer_rate = osr_trainer(cfg, datamodule)
         loader = datamodule.train_dataloader()
         loop_rate = train_loop(
             fresh(cfg, datamodule), limited(loader, args.batches), datamodule.transform
