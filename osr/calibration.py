@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from osr.checkpoints import restore_best_weights, write_thresholds
 from osr.data.datamodules import ImageDataModule
 from osr.distributed import gather_cat
+from osr.errors import OSRError
 from osr.io import write_json
 from osr.modules.open_set import OpenSetModule
 
@@ -52,7 +53,7 @@ class Quantile:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.q <= 1.0:
-            raise ValueError(f"calibration.q={self.q} must lie in (0, 1]")
+            raise OSRError(f"calibration.q={self.q} must lie in (0, 1], e.g. calibration.q=0.95")
 
     def fit(self, scores: Tensor) -> float:
         return torch.quantile(scores.double(), self.q).item()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -74,6 +75,12 @@ def exits_on_user_error(task: F) -> F:
             return task(*args, **kwargs)
         except OSRError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except InstantiationException as e:
+            # Hydra wraps what a constructor raises; a user error inside is still one
+            if not isinstance(e.__cause__, OSRError):
+                raise
+            print(f"error: {e.__cause__}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from osr.calibration import collect_scores
 from osr.data.datamodules import ImageDataModule
+from osr.errors import OSRError
 from osr.metrics import SetOutputs, open_set_metrics
 from osr.modules.open_set import OpenSetModule
 
@@ -31,7 +32,7 @@ def ood_datamodules(
     """Instantiate the configured OOD sets, every label UNKNOWN, normalized per protocol."""
     normalization = ood_cfg.get("normalization", IN_DISTRIBUTION)
     if normalization not in (IN_DISTRIBUTION, OWN):
-        raise ValueError(f"ood.normalization={normalization!r}: use {IN_DISTRIBUTION} or {OWN}")
+        raise OSRError(f"ood.normalization={normalization!r}: use {IN_DISTRIBUTION} or {OWN}")
     stats = {}
     if normalization == IN_DISTRIBUTION:
         stats = {"mean": known.hparams.mean, "std": known.hparams.std}

@@ -197,3 +197,24 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
     cfg = train_cfg("model=baseline", "model.optimizer.lr=1e12", "trainer.max_epochs=1")
     with pytest.raises(OSRError, match=r"training loss became (nan|inf) at epoch 0, step \d+"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("model.voting_scores=[recon_l2]", "model.voting_scores=['recon_l2']: Classifier supports"),
+        ("data.known_classes=[3,3]", "data.known_classes=[3, 3] for mnist must be"),
+        ("calibration=quantile calibration.q=1.5", "calibration.q=1.5 must lie in (0, 1]"),
+    ],
+)
+def test_bad_config_values_inside_constructors(tiny_data, tmp_path, override, words):
+    done = run(
+        "osr.train",
+        "model=baseline",
+        *override.split(),
+        f"paths.data_dir={tiny_data}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "data.download=false",
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert words in first_error_line(done)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from osr.errors import OSRError
+
 # ITU-R 601-2 luma, the weights torchvision's Grayscale uses.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
@@ -50,7 +52,10 @@ class BatchTransform(nn.Module):
         mean_t = torch.as_tensor(list(_as_seq(mean)), dtype=torch.float32)
         std_t = torch.as_tensor(list(_as_seq(std)), dtype=torch.float32)
         if mean_t.shape != std_t.shape or mean_t.numel() not in (1, 3):
-            raise ValueError(f"mean and std need 1 or 3 matching values, got {mean} and {std}")
+            raise OSRError(
+                f"data.mean={mean} and data.std={std} need 1 value each (grayscale) or 3 "
+                "(per RGB channel), e.g. data.mean=0.13 data.std=0.31"
+            )
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
         self.blur_kernel_size = blur_kernel_size
