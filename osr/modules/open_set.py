@@ -145,8 +145,9 @@ class OpenSetModule(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.val_acc_best(self.val_acc.compute())
+        if self.trainer.sanity_checking:  # a couple of batches, not an epoch: not a best
+            return
+        self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
