@@ -98,22 +98,33 @@ def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, 
 def calibrate(
     module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
 ) -> dict[str, Any]:
-    """Fit thresholds on the validation split and store them in ``module``."""
-    scores, _, _ = collect_scores(module, datamodule, datamodule.val_dataloader())
+    """Fit thresholds on the validation split and store them in ``module``.
+
+    Also reports how the calibrated model does on that split (all known images): the share
+    rejected as UNKNOWN and the (K+1)-way accuracy, where a rejection counts as an error. These
+    need no OOD data, so a hyperparameter search may select on them.
+    """
+    scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
     fitted = fit_thresholds(scores, rule)
     module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
+    decisions = module.decide(logits, scores)
     return {
         "rule": asdict(rule),
         "voting_scores": list(module.hparams.voting_scores),
         "split": f"{datamodule.name} val",
         "scores": fitted,
+        "validation": {
+            "known_rejection_rate": (decisions == module.unknown_label).float().mean().item(),
+            "open_set_accuracy": (decisions == labels).float().mean().item(),
+        },
     }
 
 
 class ThresholdCalibration(Callback):
     """After fit: best weights -> validation scores -> thresholds in the module and checkpoints.
 
-    Writes ``thresholds.json`` to ``output_dir`` and logs ``calib/<score>`` to every logger.
+    Writes ``thresholds.json`` to ``output_dir`` and logs ``calib/<score>`` thresholds and
+    ``calib/val_known_rejection_rate`` / ``calib/val_open_set_accuracy`` to every logger.
     A standalone ``trainer.validate`` (``osr.calibrate``) calibrates the module as it is.
     """
 
@@ -138,12 +149,18 @@ class ThresholdCalibration(Callback):
         self.result = calibrate(pl_module, trainer.datamodule, self.rule)
         self.result["checkpoint"] = checkpoint
         for logger in trainer.loggers:
-            logger.log_metrics(
-                {f"calib/{name}": f["threshold"] for name, f in self.result["scores"].items()},
-                step=trainer.global_step,
-            )
+            logger.log_metrics(self.logged_metrics, step=trainer.global_step)
         self._save(trainer, pl_module)
         trainer.strategy.barrier("threshold_calibration")
+
+    @property
+    def logged_metrics(self) -> dict[str, float]:
+        """``calib/<score>`` thresholds and ``calib/val_<figure>`` of the last calibration."""
+        if self.result is None:
+            return {}
+        thresholds = {f"calib/{name}": f["threshold"] for name, f in self.result["scores"].items()}
+        figures = {f"calib/val_{name}": v for name, v in self.result["validation"].items()}
+        return thresholds | figures
 
     @rank_zero_only
     def _save(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:

@@ -9,9 +9,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
+from osr.calibration import ThresholdCalibration
 from osr.checkpoints import CONFIG_KEY, StoreRunConfig, read_checkpoint, restore_best_weights
 from osr.config import exits_on_user_error, instantiate_group, to_plain
-from osr.errors import CheckpointError
+from osr.errors import CheckpointError, OSRError
 from osr.evaluation import evaluate
 from osr.history import EpochHistory
 from osr.report import write_results
@@ -38,6 +39,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         check_resumable(cfg.ckpt_path, cfg.model._target_)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for callback in callbacks:
+        if isinstance(callback, ThresholdCalibration):
+            metrics.update(callback.logged_metrics)
     best = restore_best_weights(trainer, model)
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
@@ -93,7 +97,19 @@ def main(cfg: DictConfig) -> float | None:
         metrics, _ = train(cfg)
     finally:
         finish_wandb()  # in a multirun, the next job must start its own W&B run
-    return metrics.get(cfg.get("optimized_metric"))
+    return objective(metrics, cfg.get("optimized_metric"))
+
+
+def objective(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value a sweeper optimizes: ``optimized_metric`` of this run."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise OSRError(
+            f"optimized_metric={name} was not produced by this run; it produced "
+            f"{', '.join(sorted(metrics))}. Set optimized_metric= to one of these."
+        )
+    return metrics[name]
 
 
 if __name__ == "__main__":

@@ -86,7 +86,22 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
             record["scores"]["recon_l2"]["threshold"]
         )
     metrics = (run / "csv" / "metrics.csv").read_text()
-    assert "calib/recon_l2" in metrics and "calib/energy" in metrics
+    assert "calib/recon_l2" in metrics and "calib/val_open_set_accuracy" in metrics
+
+
+def test_calibration_reports_the_validation_split_at_its_thresholds(train_cfg):
+    returned, objects = tiny_run(train_cfg, "model=mlae", "calibration.k=0.5")
+    module, datamodule = objects["model"], objects["datamodule"]
+    batches = list(datamodule.iterate(datamodule.val_dataloader(), module.device))
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    module.eval()
+    decisions = module.predict_open(x)
+    rejected = (decisions == module.unknown_label).double().mean().item()
+    assert 0 < rejected < 1  # k=0.5 rejects some of the known images, not all
+    assert returned["calib/val_known_rejection_rate"] == pytest.approx(rejected, abs=1e-6)
+    assert returned["calib/val_open_set_accuracy"] == pytest.approx(
+        (decisions == y).double().mean().item(), abs=1e-6
+    )
 
 
 def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dict:
