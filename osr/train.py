@@ -1,6 +1,8 @@
 """python -m osr.train: train, calibrate thresholds, test (and evaluate)."""
 
+import importlib
 import logging
+import sys
 from typing import Any
 
 import hydra
@@ -112,5 +114,22 @@ def objective(metrics: dict[str, float], name: str | None) -> float | None:
     return metrics[name]
 
 
+def require_sweeper_plugin(argv: list[str]) -> None:
+    """``hparams_search=...`` runs on the Optuna sweeper plugin, an optional extra: say how to
+    install it rather than let Hydra report a missing ``hydra/sweeper/optuna`` config."""
+    if not any(arg.lstrip("+~").startswith("hparams_search=") for arg in argv):
+        return
+    try:
+        importlib.import_module("hydra_plugins.hydra_optuna_sweeper")
+    except ModuleNotFoundError:
+        print(
+            "error: hparams_search needs the Optuna sweeper plugin, which is not installed in "
+            f'{sys.prefix}. Install the sweep extra: pip install -e ".[sweep]"',
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    require_sweeper_plugin(sys.argv[1:])
     main()
