@@ -62,8 +62,17 @@ def test_decoder_output_equals_its_transposed_convolution():
     torch.manual_seed(0)
     dec = Decoder()
     z, indices = Encoder()(torch.randn(4, 1, 28, 28))
+    z = z.detach().requires_grad_(True)
     expected = dec.deconv(torch.relu(dec.unpooled(z, indices)))
-    assert torch.allclose(dec(z, indices), expected, atol=1e-5)
+    ours = dec(z, indices)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    upstream = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, (z, dec.deconv.weight, dec.deconv.bias), upstream)
+    expected_grads = torch.autograd.grad(
+        expected, (z, dec.deconv.weight, dec.deconv.bias), upstream
+    )
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(grad, expected_grad, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["baseline", "mlae"])
