@@ -5,6 +5,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from osr.modules import OpenSetModule
+
 CURVE_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
@@ -14,10 +16,11 @@ class EpochHistory(Callback):
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = trainer.callback_metrics
+        # Lightning runs this hook before the module's, which logs the training figures.
+        metrics = {**trainer.callback_metrics, **pl_module.train_epoch_metrics()}
         row = {k: float(metrics[k]) for k in CURVE_KEYS if k in metrics}
         self.epochs.append({"epoch": trainer.current_epoch, **row})
 

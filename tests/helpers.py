@@ -16,3 +16,15 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StepLosses(Callback):
+    """Records (epoch, loss, batch size) of every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float, int]] = []
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        self.steps.append((trainer.current_epoch, float(outputs["loss"]), len(batch[1])))

@@ -1,11 +1,16 @@
+import csv
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from osr.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.history import EpochHistory
 from osr.models import Autoencoder, ConvNet, Decoder, Encoder
 from osr.modules import AutoencoderClassifier, Classifier
 from osr.train import train
+from tests.helpers import StepLosses
 
 OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 CLASSES = [str(i) for i in range(10)]
@@ -145,3 +150,32 @@ def test_checkpoint_loads_back_into_an_identical_model(train_cfg, tmp_path, mode
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(trained.logits_and_scores(x)[0], loaded.logits_and_scores(x)[0])
+
+
+def test_epoch_figures_are_the_sample_weighted_means_of_the_steps(train_cfg, tmp_path):
+    # 300 training images in batches of 128: the last batch of each epoch holds 44
+    cfg = train_cfg(
+        "model=mlae",
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=128",
+        "+callbacks.step_losses._target_=tests.helpers.StepLosses",
+    )
+    _, objects = train(cfg)
+    callbacks = objects["trainer"].callbacks
+    steps = next(c for c in callbacks if isinstance(c, StepLosses)).steps
+    history = next(c for c in callbacks if isinstance(c, EpochHistory)).epochs
+    logged = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    for epoch in (0, 1):
+        losses = np.array([loss for e, loss, _ in steps if e == epoch])
+        sizes = np.array([n for e, _, n in steps if e == epoch])
+        assert sizes.tolist() == [128, 128, 44]
+        expected = float(np.average(losses, weights=sizes))
+        row = next(r for r in logged if r["epoch"] == str(epoch) and r["train/loss"])
+        assert float(row["train/loss"]) == pytest.approx(expected, rel=1e-5)
+        assert float(row["train/rec_mse"]) > 0
+        assert history[epoch]["train/loss"] == pytest.approx(expected, rel=1e-5)
+        assert history[epoch]["train/acc"] == pytest.approx(float(row["train/acc"]), abs=1e-6)
+        assert history[epoch]["val/acc"] == pytest.approx(
+            float(next(r for r in logged if r["epoch"] == str(epoch) and r["val/acc"])["val/acc"])
+        )

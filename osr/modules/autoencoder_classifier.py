@@ -17,6 +17,7 @@ class AutoencoderClassifier(OpenSetModule):
     """
 
     score_names = (*RECONSTRUCTION_SCORES, *CLASSIFIER_SCORES)
+    loss_terms = ("rec_mse",)
 
     def __init__(
         self,
