@@ -1,7 +1,9 @@
-"""Otsu binarization and the calibration pass: osr's batched torch code against the
-notebook's per-image skimage loop, on the 10,000 MNIST validation images, side by side.
+"""Otsu binarization, the calibration pass and the full evaluation: osr's batched torch code
+against the notebook's per-image skimage loops (``benchmarks.notebook``), side by side:
+10,000 MNIST validation images for calibration, then 30,000 test images (MNIST, FashionMNIST,
+CIFAR-10) for the evaluation.
 
-    python benchmarks/calibration.py [--ckpt outputs/.../checkpoints/best.ckpt]
+    python -m benchmarks.calibration [--ckpt outputs/.../checkpoints/best.ckpt]
 """
 
 import argparse
@@ -9,22 +11,18 @@ import argparse
 import numpy as np
 import torch
 import torchvision
-from skimage.filters import threshold_otsu
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
-from torchvision import transforms
 
+from benchmarks import notebook
 from benchmarks.common import MIRROR, report, timed
 from osr.calibration import MeanStd, calibrate
 from osr.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.data import MNISTDataModule
+from osr.config import CONFIG_DIR
+from osr.evaluation import evaluate
 from osr.modules import AutoencoderClassifier
 from osr.scores import otsu_binarize
-
-NOTEBOOK_BATCH = 64
-
-
-def notebook_make_binary(img: np.ndarray) -> np.ndarray:
-    return img > threshold_otsu(img)
 
 
 def notebook_loader(images: torch.Tensor, labels: torch.Tensor) -> DataLoader:
@@ -32,26 +30,32 @@ def notebook_loader(images: torch.Tensor, labels: torch.Tensor) -> DataLoader:
     per sample, Resize, ToTensor, Normalize), batch 64, shuffled, 2 worker processes."""
     dataset = torchvision.datasets.MNIST(str(MIRROR), train=False, download=False)
     dataset.data, dataset.targets = images[:, 0], labels
-    dataset.transform = transforms.Compose(
-        [transforms.Resize((28, 28)), transforms.ToTensor(), transforms.Normalize(0.13, 0.31)]
-    )
-    return DataLoader(dataset, batch_size=NOTEBOOK_BATCH, shuffle=True, num_workers=2)
+    dataset.transform = notebook.test_transform(notebook.MNIST_MEAN, notebook.MNIST_STD)
+    return notebook.loader(dataset)
 
 
-def notebook_norms_and_diffs(model, batches) -> tuple[list, list]:
-    """The notebook's loop: forward a batch, then skimage Otsu and a norm per image."""
-    norms, diffs = [], []
-    model.eval()
-    for inputs in batches:
-        recons, _ = model(inputs)
-        recons = recons.view(-1, 28, 28).detach().cpu().numpy()
-        inputs = inputs.view(-1, 28, 28).detach().cpu().numpy()
-        for i in range(len(inputs)):
-            b = notebook_make_binary(recons[i])
-            b0 = notebook_make_binary(inputs[i])
-            norms += [np.linalg.norm(inputs[i] - recons[i])]
-            diffs += [784 - np.sum(b0 == b)]
-    return norms, diffs
+def notebook_network(model: AutoencoderClassifier) -> notebook.MLAutoencoder:
+    """The notebook's own network (NCHW, ConvTranspose2d) holding ``model``'s weights."""
+    net = notebook.MLAutoencoder()
+    networks = ("autoencoder.", "classifier.")
+    ours = [v for k, v in model.state_dict().items() if k.startswith(networks)]
+    theirs = net.state_dict()
+    net.load_state_dict(dict(zip(theirs, (v.contiguous() for v in ours), strict=True)))
+    return net.eval()
+
+
+def evaluation_config():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "experiment=seed_repro",
+                f"paths.data_dir={MIRROR}",
+                "data.download=false",
+                "ood.sets.fashion_mnist.download=false",
+                "ood.sets.cifar10.download=false",
+            ],
+        )
 
 
 def main() -> None:
@@ -59,7 +63,8 @@ def main() -> None:
     parser.add_argument("--ckpt", help="a trained mlae checkpoint (random weights otherwise)")
     args = parser.parse_args()
 
-    datamodule = MNISTDataModule(str(MIRROR), 0.13, 0.31, download=False)
+    cfg = evaluation_config()
+    datamodule = instantiate(cfg.data)
     datamodule.setup()
     if args.ckpt:
         model = module_from_checkpoint(read_checkpoint(args.ckpt))
@@ -77,31 +82,53 @@ def main() -> None:
     assert len(val) == 10_000
 
     otsu_ours = timed(lambda: otsu_binarize(val))
-    otsu_loop = timed(lambda: [notebook_make_binary(a) for a in arrays], repeats=1)
+    otsu_loop = timed(lambda: [notebook.make_binary(a) for a in arrays], repeats=1)
+
+    net = notebook_network(model)
 
     def notebook_calibration(batches):
         with torch.no_grad():
-            norms, diffs = notebook_norms_and_diffs(model, batches)
+            norms, diffs = notebook.norms_and_diffs(net, batches)
         return np.mean(norms) + 3 * np.std(norms), np.mean(diffs) + 3 * np.std(diffs)
 
     loader = notebook_loader(*datamodule.val_set.tensors)
     calib_ours = timed(lambda: calibrate(model, datamodule, MeanStd(k=3)))
-    calib_tensors = timed(lambda: notebook_calibration(val.split(NOTEBOOK_BATCH)), repeats=1)
+    calib_tensors = timed(lambda: notebook_calibration(val.split(notebook.BATCH_SIZE)), repeats=1)
     calib_loader = timed(lambda: notebook_calibration(x for x, _ in loader), repeats=1)
 
+    def ours_end_to_end() -> None:
+        calibrate(model, datamodule, MeanStd(k=3))
+        evaluate(model, datamodule, cfg.ood)
+
+    loaders = notebook.make_loaders()
+
+    def notebook_end_to_end() -> None:
+        thresholds = notebook_calibration(x for x, _ in loader)
+        with torch.no_grad():
+            for name in ("test", "fashion", "cifar"):
+                notebook.eval_model(net, loaders[name], thresholds)
+                if name != "test":
+                    notebook.norms_and_diffs(net, (x for x, _ in loaders[name]))
+
+    full_ours = timed(ours_end_to_end, repeats=1)
+    full_notebook = timed(notebook_end_to_end, repeats=1)
+
+    calibrate(model, datamodule, MeanStd(k=3))
     ours = model.threshold_dict()
-    ref = notebook_calibration(val.split(NOTEBOOK_BATCH))
+    ref = notebook_calibration(val.split(notebook.BATCH_SIZE))
     report(
         "calibration",
         [
             ("Otsu binarization, 10,000 images", otsu_ours, otsu_loop),
             ("calibration, same in-memory batches", calib_ours, calib_tensors),
             ("calibration, each with its data path", calib_ours, calib_loader),
+            ("calibration + evaluation, 10k val + 30k test", full_ours, full_notebook),
         ],
         {
             "thresholds_osr": {k: ours[k] for k in ("recon_l2", "binary_diff")},
             "thresholds_notebook": {"recon_l2": float(ref[0]), "binary_diff": float(ref[1])},
-            "note": "osr computes all five scores; the notebook loop computes two",
+            "note": "osr computes five scores and every metrics.json figure; the notebook two "
+            "scores and accuracies",
         },
     )
 

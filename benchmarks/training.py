@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision import transforms
 
+from benchmarks import notebook
 from benchmarks.common import MIRROR, RESULTS, machine
 from osr.config import CONFIG_DIR
 
@@ -103,19 +103,9 @@ def limited(loader, n):
 
 def notebook_loader() -> DataLoader:
     dataset = torchvision.datasets.MNIST(
-        str(MIRROR),
-        train=True,
-        download=False,
-        transform=transforms.Compose(
-            [
-                transforms.Resize((28, 28)),
-                transforms.ToTensor(),
-                transforms.Normalize(0.13, 0.31),
-                transforms.GaussianBlur(kernel_size=(3, 3), sigma=(0.1, 1)),
-            ]
-        ),
+        str(MIRROR), train=True, download=False, transform=notebook.mnist_train_transform()
     )
-    return DataLoader(Subset(dataset, range(50_000)), batch_size=64, shuffle=True, num_workers=2)
+    return notebook.loader(Subset(dataset, range(50_000)))
 
 
 def flops_per_image(model, x, y) -> float:
