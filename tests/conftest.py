@@ -2,6 +2,8 @@
 
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ needs_mirror = pytest.mark.skipif(
 )
 
 TINY_TRAIN, TINY_TEST = 400, 120
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -86,6 +89,20 @@ TINY_OVERRIDES = [
     "callbacks.rich_progress_bar=null",
     "report.tsne_points=60",
 ]
+
+# one epoch of three training batches and one validation batch
+TINY_TRAINING = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+]
+
+
+def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` from the repository, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -1,10 +1,8 @@
 """Bad input gets one clear message and a non-zero exit, never a raw traceback."""
 
-import os
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,21 +13,15 @@ from osr.checkpoints import read_checkpoint
 from osr.data import CIFAR10DataModule, MNISTDataModule
 from osr.errors import CheckpointError, DatasetCorruptError, DatasetNotFoundError
 from osr.train import train
-from tests.conftest import CIFAR_CLASSES, TINY_OVERRIDES, write_image_folder
+from tests.conftest import (
+    CIFAR_CLASSES,
+    TINY_OVERRIDES,
+    TINY_TRAINING,
+    run_module,
+    write_image_folder,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TRAINING = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-]
 CIFAR_STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
-
-
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", module, *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def first_error_line(done: subprocess.CompletedProcess) -> str:
@@ -136,13 +128,13 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(CheckpointError, match="refused.*nothing in it was run"):
         read_checkpoint(evil)
     assert not marker.exists()
-    done = run("osr.evaluate", f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'eval'}")
+    done = run_module("osr.evaluate", f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert done.returncode == 2 and "refused" in first_error_line(done)
     assert not marker.exists()
 
 
 def test_resuming_with_the_other_model_type(trained, tiny_data, tmp_path):
-    done = run(
+    done = run_module(
         "osr.train",
         "model=baseline",
         f"ckpt_path={trained / 'last.ckpt'}",
@@ -169,7 +161,7 @@ def test_uncalibrated_checkpoint_cannot_be_evaluated_or_used_to_predict(
         )
     )
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    done = run(
+    done = run_module(
         "osr.evaluate",
         f"ckpt_path={ckpt}",
         f"paths.data_dir={tiny_data}",
@@ -178,7 +170,7 @@ def test_uncalibrated_checkpoint_cannot_be_evaluated_or_used_to_predict(
     assert done.returncode == 2 and "calibrate it first" in first_error_line(done)
     image = tmp_path / "x.png"
     torchvision.io.write_png(torch.zeros(1, 28, 28, dtype=torch.uint8), str(image))
-    done = run(
+    done = run_module(
         "osr.predict", f"ckpt_path={ckpt}", f"inputs={image}", f"hydra.run.dir={tmp_path / 'p'}"
     )
     assert done.returncode == 2 and "calibrate it first" in first_error_line(done)
@@ -186,7 +178,7 @@ def test_uncalibrated_checkpoint_cannot_be_evaluated_or_used_to_predict(
 
 
 def test_unknown_config_group_value_lists_the_options():
-    done = run("osr.train", "model=resnet")
+    done = run_module("osr.train", "model=resnet")
     assert done.returncode != 0
     assert "Could not find 'model/resnet'" in done.stderr and "baseline" in done.stderr
 
@@ -208,7 +200,7 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
     ],
 )
 def test_bad_config_values_inside_constructors(tiny_data, tmp_path, override, words):
-    done = run(
+    done = run_module(
         "osr.train",
         "model=baseline",
         *override.split(),

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +9,8 @@ from osr.calibration import MeanStd, Quantile, fit_thresholds
 from osr.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.errors import NotCalibratedError
 from osr.train import train
+from tests.conftest import TINY_TRAINING, run_module
 from tests.test_models import make_module
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mean_std_equals_numpy():
@@ -60,13 +56,7 @@ def test_uncalibrated_model_refuses_open_set_predictions():
 
 
 def tiny_run(train_cfg, *overrides):
-    cfg = train_cfg(
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
-        *overrides,
-    )
-    return train(cfg)
+    return train(train_cfg(*TINY_TRAINING, *overrides))
 
 
 def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
@@ -105,9 +95,7 @@ def test_calibration_reports_the_validation_split_at_its_thresholds(train_cfg):
 
 
 def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
+    done = run_module(
         "osr.calibrate",
         f"ckpt_path={ckpt}",
         f"hydra.run.dir={out}",
@@ -115,9 +103,7 @@ def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dic
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
         *overrides,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "thresholds.json").read_text())
 

@@ -1,8 +1,5 @@
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +8,10 @@ import yaml
 from osr.evaluate import evaluate_checkpoint
 from osr.summarize import summarize
 from osr.train import train
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
 
-REPO = Path(__file__).resolve().parents[1]
 SCORES = ("recon_l2", "binary_diff", "msp", "max_logit", "energy")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TINY_TRAINING = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=1",
-]
 
 
 def contract_keys(sets: list[str], scores: tuple[str, ...]) -> list[str]:
@@ -124,9 +115,7 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
 def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("report.")]
-    cmd = [
-        sys.executable,
-        "-m",
+    done = run_module(
         "osr.train",
         "-m",
         "model=baseline",
@@ -136,9 +125,7 @@ def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
         f"hydra.sweep.dir={sweep}",
         *overrides,
         *TINY_TRAINING,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs: dict[str, list[dict]] = {"calibration.k=2.0": [], "calibration.k=3.0": []}
     for job in sorted(sweep.glob("[0-9]")):

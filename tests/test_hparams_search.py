@@ -2,39 +2,29 @@
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
 
 pytest.importorskip(
     "hydra_plugins.hydra_optuna_sweeper", reason='the sweep extra: pip install -e ".[sweep]"'
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def sweep(tiny_data: Path, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
+    return run_module(
         "osr.train",
         "hparams_search=mlae_optuna",
         f"paths.data_dir={tiny_data}",
         f"hydra.sweep.dir={sweep_dir}",
         *[o for o in TINY_OVERRIDES if not o.startswith("report.")],
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
+        *TINY_TRAINING,
         *overrides,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    )
 
 
 def test_optuna_sweep_runs_two_trials_and_reports_the_best(tiny_data, tmp_path):

@@ -1,7 +1,5 @@
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +10,11 @@ from PIL import Image
 from osr.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.data import MNISTDataModule
 from osr.train import train
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_TRAINING = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=1",
-]
+from tests.conftest import TINY_TRAINING, run_module
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "osr.predict", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("osr.predict", *args)
 
 
 @pytest.fixture

@@ -1,17 +1,14 @@
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from osr.train import train
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, run_module
 
-REPO = Path(__file__).resolve().parents[1]
 # 300 training images in batches of 32: 10 steps per epoch
 RESUME_RUN = [
     "model=mlae",
@@ -24,17 +21,7 @@ RESUME_RUN = [
 def run_train(data_dir: Path, run_dir: Path | None, *overrides: str) -> subprocess.CompletedProcess:
     base = [o for o in TINY_OVERRIDES if not o.startswith("report.")]
     where = [f"hydra.run.dir={run_dir}"] if run_dir else []
-    cmd = [
-        sys.executable,
-        "-m",
-        "osr.train",
-        f"paths.data_dir={data_dir}",
-        *where,
-        *base,
-        *overrides,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_module("osr.train", f"paths.data_dir={data_dir}", *where, *base, *overrides)
 
 
 @pytest.mark.parametrize("kill_step", [17, 21], ids=["mid-epoch", "epoch-start"])
