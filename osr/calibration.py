@@ -63,7 +63,8 @@ class Quantile:
 def collect_scores(
     module: OpenSetModule, datamodule: ImageDataModule, loader: DataLoader
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Scores, logits and labels of every image of ``loader``, gathered from all ranks."""
+    """Scores, logits and labels of every image of ``loader``, gathered from all ranks and put
+    back in dataset order (each rank scores its own shard, ``ShardedBatchSampler``)."""
     was_training = module.training
     module.eval()
     scores: dict[str, list[Tensor]] = {name: [] for name in module.score_names}
@@ -75,10 +76,12 @@ def collect_scores(
         logits.append(batch_logits)
         labels.append(y)
     module.train(was_training)
+    positions = torch.cat(list(loader.sampler)).to(module.device)
+    order = gather_cat(positions).argsort()
     return (
-        {name: gather_cat(torch.cat(values)) for name, values in scores.items()},
-        gather_cat(torch.cat(logits)),
-        gather_cat(torch.cat(labels)),
+        {name: gather_cat(torch.cat(values))[order] for name, values in scores.items()},
+        gather_cat(torch.cat(logits))[order],
+        gather_cat(torch.cat(labels))[order],
     )
 
 
