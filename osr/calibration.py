@@ -3,9 +3,10 @@
 Threshold rules are plain objects (``fit(scores) -> threshold``); the ``ThresholdCalibration``
 callback runs the best weights over the validation split, gathers the scores of every rank,
 fits one threshold per score and stores them in the module's ``thresholds`` buffer and in
-the run's checkpoints.
+the run's checkpoints that hold those weights.
 """
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ from osr.distributed import gather_cat
 from osr.errors import OSRError
 from osr.io import write_json
 from osr.modules.open_set import OpenSetModule
+
+log = logging.getLogger(__name__)
 
 
 class ThresholdRule(Protocol):
@@ -124,7 +127,8 @@ def calibrate(
 
 
 class ThresholdCalibration(Callback):
-    """After fit: best weights -> validation scores -> thresholds in the module and checkpoints.
+    """After fit: best weights -> validation scores -> thresholds in the module and in the
+    checkpoints holding those weights (``best.ckpt``; ``last.ckpt`` only if it is the same).
 
     Writes ``thresholds.json`` to ``output_dir`` and logs ``calib/<score>`` thresholds and
     ``calib/val_known_rejection_rate`` / ``calib/val_open_set_accuracy`` to every logger.
@@ -173,6 +177,7 @@ class ThresholdCalibration(Callback):
             for path in (callback.best_model_path, callback.last_model_path)
         }
         for path in sorted(p for p in paths if p and Path(p).is_file()):
-            write_thresholds(path, pl_module.thresholds)
+            if not write_thresholds(path, pl_module):
+                log.info("%s holds other weights than the calibrated ones: no thresholds", path)
         if self.output_dir is not None:
             write_json(self.output_dir / "thresholds.json", self.result)

@@ -79,6 +79,32 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     assert "calib/recon_l2" in metrics and "calib/val_open_set_accuracy" in metrics
 
 
+@pytest.mark.slow
+def test_thresholds_stay_out_of_checkpoints_holding_other_weights(train_cfg, tmp_path, tiny_data):
+    # best = the lowest val accuracy: the first epoch's weights, while last.ckpt is the second's
+    tiny_run(
+        train_cfg, "model=baseline", "trainer.max_epochs=2", "callbacks.model_checkpoint.mode=min"
+    )
+    best, last = (tmp_path / "run" / "checkpoints" / n for n in ("best.ckpt", "last.ckpt"))
+    best_ckpt, last_ckpt = read_checkpoint(best), read_checkpoint(last)
+    assert best_ckpt["epoch"] == 0 and last_ckpt["global_step"] == 6
+    weights = [n for n in best_ckpt["state_dict"] if n.startswith("net.")]
+    assert not all(
+        torch.equal(best_ckpt["state_dict"][n], last_ckpt["state_dict"][n]) for n in weights
+    )
+    assert module_from_checkpoint(best_ckpt).is_calibrated
+    assert torch.isnan(last_ckpt["state_dict"]["thresholds"]).all()
+    refused = run_module(
+        "osr.evaluate",
+        f"ckpt_path={last}",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        f"paths.data_dir={tiny_data}",
+    )
+    assert refused.returncode == 2
+    assert f"checkpoint {last} has no thresholds" in refused.stderr
+    assert "python -m osr.calibrate" in refused.stderr
+
+
 def test_calibration_reports_the_validation_split_at_its_thresholds(train_cfg):
     returned, objects = tiny_run(train_cfg, "model=mlae", "calibration.k=0.5")
     module, datamodule = objects["model"], objects["datamodule"]
