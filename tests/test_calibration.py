@@ -134,6 +134,7 @@ def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dic
     return json.loads((out / "thresholds.json").read_text())
 
 
+@pytest.mark.slow
 def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_data):
     tiny_run(train_cfg, "model=baseline")
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
@@ -147,6 +148,17 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
     )
     assert calibrated.threshold_dict()["msp"] == pytest.approx(record["scores"]["msp"]["threshold"])
     assert torch.equal(read_checkpoint(best)["state_dict"]["thresholds"], before)  # untouched
+    recorded = read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")["osr_config"]
+    assert recorded["calibration"] == {"_target_": "osr.calibration.Quantile", "q": 0.9}
+    evaluated = run_module(
+        "osr.evaluate",
+        f"ckpt_path={tmp_path / 'cal/checkpoints/calibrated.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        f"paths.data_dir={tiny_data}",
+        "ood=none",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "- **calibration**: q=0.9 (Quantile)" in (tmp_path / "ev/report.md").read_text()
 
 
 def test_two_ddp_processes_fit_the_same_thresholds_as_one(train_cfg, tmp_path, tiny_data):
