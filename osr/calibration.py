@@ -101,24 +101,48 @@ def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, 
     }
 
 
+def cross_fitted_decisions(
+    module: OpenSetModule, rule: ThresholdRule, logits: Tensor, scores: dict[str, Tensor]
+) -> Tensor:
+    """The decision on every validation image, made with thresholds fitted on the other half
+    of the split (first half / second half, in dataset order), so that no image is judged by a
+    threshold fitted on itself."""
+    n = len(logits)
+    if n < 2:
+        raise OSRError(
+            f"the validation split holds {n} image(s); cross-fitted validation figures need "
+            "at least 2. Set data.val_size=2 or more."
+        )
+    halves = (slice(0, n // 2), slice(n // 2, n))
+    decisions = torch.empty(n, dtype=torch.long, device=logits.device)
+    for fit_on, judged in (halves, halves[::-1]):
+        thresholds = {name: rule.fit(scores[name][fit_on]) for name in module.hparams.voting_scores}
+        part = {name: values[judged] for name, values in scores.items()}
+        decisions[judged] = module.decide(logits[judged], part, thresholds)
+    return decisions
+
+
 def calibrate(
     module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
 ) -> dict[str, Any]:
     """Fit thresholds on the validation split and store them in ``module``.
 
-    Also reports how the calibrated model does on that split (all known images): the share
-    rejected as UNKNOWN and the (K+1)-way accuracy, where a rejection counts as an error. These
-    need no OOD data, so a hyperparameter search may select on them.
+    Also reports how the calibrated model does on known images it was not calibrated on: the
+    share rejected as UNKNOWN and the (K+1)-way accuracy (a rejection counts as an error), each
+    validation image judged with thresholds cross-fitted on the other half of the split. These
+    need no OOD data, so a hyperparameter search may select on them without a threshold that
+    only fits its own data looking good.
     """
     scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
     fitted = fit_thresholds(scores, rule)
     module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
-    decisions = module.decide(logits, scores)
+    decisions = cross_fitted_decisions(module, rule, logits, scores)
     return {
         "rule": asdict(rule),
         "voting_scores": list(module.hparams.voting_scores),
         "split": f"{datamodule.name} val",
         "scores": fitted,
+        # each half of the split judged with thresholds fitted on the other half
         "validation": {
             "known_rejection_rate": (decisions == module.unknown_label).float().mean().item(),
             "open_set_accuracy": (decisions == labels).float().mean().item(),

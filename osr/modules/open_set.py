@@ -87,18 +87,27 @@ class OpenSetModule(pl.LightningModule):
         values = [thresholds[name] for name in self.score_names]
         self.thresholds.copy_(torch.as_tensor(values, dtype=self.thresholds.dtype))
 
-    def decide(self, logits: Tensor, scores: dict[str, Tensor]) -> Tensor:
-        """Labels in 0..K: UNKNOWN (K) when any voting score exceeds its threshold."""
-        if not self.is_calibrated:
-            raise NotCalibratedError(
-                f"{type(self).__name__} has no thresholds for {list(self.hparams.voting_scores)}"
-                ": calibrate it first (`python -m osr.calibrate ckpt_path=...`, or train with the"
-                " threshold_calibration callback)."
-            )
+    def decide(
+        self,
+        logits: Tensor,
+        scores: dict[str, Tensor],
+        thresholds: dict[str, float | Tensor] | None = None,
+    ) -> Tensor:
+        """Labels in 0..K: UNKNOWN (K) when any voting score exceeds its threshold (the
+        module's calibrated ones unless ``thresholds`` are given)."""
+        if thresholds is None:
+            if not self.is_calibrated:
+                raise NotCalibratedError(
+                    f"{type(self).__name__} has no thresholds for "
+                    f"{list(self.hparams.voting_scores)}: calibrate it first (`python -m "
+                    "osr.calibrate ckpt_path=...`, or train with the threshold_calibration "
+                    "callback)."
+                )
+            thresholds = dict(zip(self.score_names, self.thresholds, strict=True))
         labels = logits.argmax(dim=1)
         rejected = torch.zeros_like(labels, dtype=torch.bool)
-        for name, i in zip(self.hparams.voting_scores, self._voting_indices, strict=True):
-            rejected |= scores[name] > self.thresholds[i]
+        for name in self.hparams.voting_scores:
+            rejected |= scores[name] > thresholds[name]
         return torch.where(rejected, torch.full_like(labels, self.unknown_label), labels)
 
     @torch.no_grad()
