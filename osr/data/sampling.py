@@ -14,7 +14,8 @@ class ShardedBatchSampler(Sampler[Tensor]):
     Shuffling is a function of (seed, epoch), so every rank draws the same order and takes its
     own slice. With ``pad=True`` (training) the order is wrapped around so that every rank gets
     the same number of batches, as ``DistributedSampler`` does; evaluation shards are left
-    uneven and gathered with their true sizes.
+    uneven and gathered with their true sizes. The indices are made on ``device``, where the
+    data lives, so that a dataset resident on a GPU is indexed without a host round trip.
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         num_replicas: int = 1,
         rank: int = 0,
         pad: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -34,6 +36,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.pad = pad
+        self.device = torch.device(device)
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained before a resume
 
@@ -50,7 +53,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
             order = torch.randperm(self.size, generator=g)
         else:
             order = torch.arange(self.size)
-        order = torch.cat([order, order[: self._padded_size - self.size]])
+        order = torch.cat([order, order[: self._padded_size - self.size]]).to(self.device)
         skip, self.skip = self.skip, 0
         yield from order[self.rank :: self.num_replicas].split(self.batch_size)[skip:]
 
