@@ -63,6 +63,56 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, kill_step):
         assert torch.allclose(final["state_dict"][name], tensor, atol=1e-6), name
 
 
+# epochs cut to 4 of the 10 training batches, a step checkpoint at each epoch's last batch
+CUT_SHORT_RUN = [
+    "model=baseline",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=4",
+    "callbacks.last_checkpoint.every_n_train_steps=4",
+    "test=false",
+    "evaluate=false",
+]
+
+
+def trained_batches(path: Path) -> list[list]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_resume_after_a_cut_short_epoch_trains_the_next_epoch_in_full(tiny_data, tmp_path):
+    def record(name: str) -> str:
+        return f"+callbacks.batches.path={tmp_path / name}.jsonl"
+
+    batches = "+callbacks.batches._target_=tests.helpers.BatchLabels"
+    reference = run_train(tiny_data, tmp_path / "reference", *CUT_SHORT_RUN, batches, record("ref"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = run_train(
+        tiny_data,
+        tmp_path / "killed",
+        *CUT_SHORT_RUN,
+        batches,
+        record("killed"),
+        "+callbacks.kill._target_=tests.helpers.KillInValidation",
+        "+callbacks.kill.step=4",
+    )
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # the step save, not val's
+
+    resumed = run_train(
+        tiny_data, None, *CUT_SHORT_RUN, batches, record("resumed"), f"ckpt_path={last}"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = trained_batches(tmp_path / "ref.jsonl")
+    assert [epoch for epoch, _ in expected] == [0] * 4 + [1] * 4 + [2] * 4
+    assert trained_batches(tmp_path / "resumed.jsonl") == expected[4:]
+    final = torch.load(last, weights_only=True)
+    reference_final = torch.load(tmp_path / "reference/checkpoints/last.ckpt", weights_only=True)
+    assert final["global_step"] == reference_final["global_step"] == 12
+    for name, tensor in reference_final["state_dict"].items():
+        assert torch.allclose(final["state_dict"][name], tensor, atol=1e-6), name
+
+
 def test_same_seed_same_metrics_other_seed_other_metrics(train_cfg, tmp_path):
     def metrics(seed: int, name: str) -> dict:
         cfg = train_cfg("model=baseline", "trainer.max_epochs=1", f"seed={seed}")
