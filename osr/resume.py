@@ -9,6 +9,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torchmetrics import Metric
 
+from osr.csv_logger import ResumableCSVLogger
+
 
 class RNGState(Callback):
     """Saves the global torch, numpy and random generator states in every checkpoint and
@@ -43,6 +45,18 @@ class RNGState(Callback):
 def _python_state_to_plain(state: tuple) -> list:
     version, internal, gauss_next = state
     return [version, list(internal), gauss_next]
+
+
+class CarryCSVRows(Callback):
+    """Resuming from a checkpoint carries on the interrupted run's ``csv/metrics.csv``
+    (see ``ResumableCSVLogger``) instead of starting the file again."""
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.carry_rows()
 
 
 def metric_states(metrics: dict[str, Metric]) -> dict[str, Any]:

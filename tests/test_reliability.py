@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import signal
 import subprocess
 from pathlib import Path
@@ -74,6 +75,14 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, overrides, 
     for name, tensor in reference_final["state_dict"].items():
         assert torch.allclose(final["state_dict"][name], tensor, atol=1e-6), name
 
+    header, rows = read_csv(tmp_path / "killed" / "csv" / "metrics.csv")
+    expected_header, expected_rows = read_csv(tmp_path / "reference" / "csv" / "metrics.csv")
+    assert header == expected_header
+    assert len(expected_rows) == 9  # val and train of 3 epochs, calibration, test, evaluation
+    assert len(rows) == len(expected_rows)
+    for row, expected_row in zip(rows, expected_rows, strict=True):
+        assert row == pytest.approx(expected_row, abs=1e-6, nan_ok=True)
+
     # the training curves: EpochHistory in the final checkpoint, which the reference saved
     # before epoch 2 ended (a resumed run whose best.ckpt did not change has Lightning save
     # last.ckpt once more when training ends), and the plot drawn from all three epochs
@@ -87,6 +96,12 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, overrides, 
     assert (tmp_path / "killed" / curves).read_bytes() == (
         tmp_path / "reference" / curves
     ).read_bytes()
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[float]]]:
+    """The header and the rows of a metrics.csv, empty cells as NaN."""
+    header, *rows = list(csv.reader(path.open()))
+    return header, [[float(v) if v else math.nan for v in row] for row in rows]
 
 
 # epochs cut to 4 of the 10 training batches, a step checkpoint at each epoch's last batch
