@@ -168,6 +168,7 @@ def train_rows(path: Path) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in row.items() if v} for row in rows if row["train/loss"]]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(train_cfg, tmp_path):
     def metrics(seed: int, name: str) -> dict:
         cfg = train_cfg("model=baseline", "trainer.max_epochs=1", f"seed={seed}")
@@ -195,6 +196,7 @@ def test_atomic_write_never_leaves_a_truncated_file(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.slow
 def test_wandb_api_key_never_lands_in_run_files(train_cfg, tmp_path, monkeypatch):
     from osr.wandb_setup import finish_wandb
 
