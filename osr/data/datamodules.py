@@ -193,7 +193,12 @@ class ImageDataModule(pl.LightningDataModule):
             "generator": torch.Generator().manual_seed(self.hparams.seed),
         }
         if train:
-            return ResumableDataLoader(dataset, batches_done=self._batches_trained, **options)
+            return ResumableDataLoader(
+                dataset,
+                batches_done=self._batches_trained,
+                epoch_batches=lambda: self.trainer.num_training_batches,
+                **options,
+            )
         return DataLoader(dataset, **options)
 
     def _data_device(self) -> torch.device:

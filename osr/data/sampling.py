@@ -68,19 +68,31 @@ class ResumableDataLoader(DataLoader):
     Lightning saves ``state_dict()`` in every checkpoint and hands it back through
     ``load_state_dict()`` before iterating again. The number of batches already trained comes
     from ``batches_done`` (the trainer's progress), not from the iterator, which Lightning
-    reads one batch ahead.
+    reads one batch ahead; ``epoch_batches`` is how many batches the trainer runs per epoch,
+    fewer than the sampler holds when ``limit_train_batches`` cuts epochs short.
     """
 
-    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        batches_done: Callable[[], int],
+        epoch_batches: Callable[[], int | float],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
+        self.epoch_batches = epoch_batches
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done()}
+        """Where training goes on: the next epoch's start once this epoch has run its batches."""
+        epoch, done = self.sampler.epoch, self.batches_done()
+        if done >= self.epoch_batches():
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         epoch, done = state_dict["epoch"], state_dict["batches_done"]
-        if done >= len(self.sampler):  # saved at the end of an epoch: the next one starts
+        if done >= len(self.sampler):  # a checkpoint written before state_dict moved epochs on
             epoch, done = epoch + 1, 0
         self.sampler.set_epoch(epoch)
         self.sampler.skip = done
