@@ -57,8 +57,12 @@ def write_thresholds(path: str | Path, module: pl.LightningModule) -> bool:
     later epoch than the best weights keeps no thresholds (and must be calibrated on its own).
     """
     ckpt = read_checkpoint(path)
-    weights = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    weights.pop("thresholds")
+    saved_names = module.state_dict().keys() - {"thresholds"}  # persistent buffers only
+    weights = {
+        name: tensor
+        for name, tensor in (*module.named_parameters(), *module.named_buffers())
+        if name in saved_names
+    }
     saved = ckpt["state_dict"]
     if not all(
         name in saved and torch.equal(saved[name], tensor.detach().cpu())

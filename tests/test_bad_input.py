@@ -210,3 +210,21 @@ def test_bad_config_values_inside_constructors(tiny_data, tmp_path, override, wo
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert words in first_error_line(done)
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_is_caught_before_a_checkpoint_saves_broken_weights(train_cfg, tmp_path):
+    from osr.errors import OSRError
+
+    cfg = train_cfg(
+        "model=baseline",
+        "model.optimizer.lr=1e12",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=4",
+        "callbacks.last_checkpoint.every_n_train_steps=4",
+    )
+    with pytest.raises(OSRError, match=r"step \d \(checked at step 4, over steps 1-4"):
+        train(cfg)
+    for ckpt in (tmp_path / "run").rglob("*.ckpt"):
+        weights = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

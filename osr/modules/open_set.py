@@ -1,6 +1,7 @@
 """What every osr LightningModule shares: metrics, optimizers, scores and the open-set decision."""
 
 import math
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,15 +45,21 @@ class OpenSetModule(pl.LightningModule):
                 f"{list(self.score_names)}; pick one or more of those."
             )
         self.register_buffer("thresholds", torch.full((len(self.score_names),), math.nan))
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        num_classes = len(class_names)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_terms = nn.ModuleDict({name: MeanMetric() for name in self.loss_terms})
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # no argument checks and no NaN checks: each would wait for the device every step
+        mean = partial(MeanMetric, nan_strategy="disable")
+        accuracy = partial(
+            MulticlassAccuracy, len(class_names), average="micro", validate_args=False
+        )
+        self.train_loss, self.val_loss, self.test_loss = mean(), mean(), mean()
+        self.train_acc = accuracy()
+        self.train_terms = nn.ModuleDict({name: mean() for name in self.loss_terms})
+        self.val_acc = accuracy()
+        self.test_acc = accuracy()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run remembers it
         self._saved_train_metrics: dict[str, Any] | None = None
+        # (first step with a non-finite training loss, that loss); step -1: none yet
+        self.register_buffer("_nonfinite", torch.tensor([-1.0, 0.0]), persistent=False)
 
     def _finish_init(self, channels_last: bool) -> None:
         """Called by subclasses once their networks exist."""
@@ -126,19 +133,41 @@ class OpenSetModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss, logits, extra = self._loss(x, y)
-        if not torch.isfinite(loss):
-            raise OSRError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step} (batch {batch_idx}); training stopped rather than go on "
-                "with broken weights. Lower model.optimizer.lr, or resume from the last good "
-                "checkpoint (checkpoints/last.ckpt)."
-            )
+        self._record_nonfinite(loss.detach())
+        # one value per image: a sample-weighted mean (MeanMetric drops the weight argument
+        # when its NaN checks are disabled)
         n = len(y)
-        self.train_loss.update(loss.detach(), n)
+        self.train_loss.update(loss.detach().expand(n))
         self.train_acc.update(logits.detach(), y)
         for name, value in extra.items():
-            self.train_terms[name].update(value.detach(), n)
+            self.train_terms[name].update(value.detach().expand(n))
         return loss
+
+    def _record_nonfinite(self, loss: Tensor) -> None:
+        """Remember, on the device, the first step whose loss was NaN or infinite: testing it
+        here with ``bool()`` would wait for the device every step (``FiniteLossGuard`` looks)."""
+        first = self._nonfinite[0] < 0
+        bad = first & ~torch.isfinite(loss)
+        self._nonfinite = torch.where(
+            bad, torch.stack([torch.full_like(loss, self.global_step), loss]), self._nonfinite
+        )
+
+    def check_finite_loss(self, window: str) -> None:
+        """Raise if a training loss has been NaN or infinite (one device sync)."""
+        step, value = self._nonfinite.tolist()
+        if step >= 0:
+            raise OSRError(
+                f"the training loss became {value} at epoch {self.current_epoch}, step "
+                f"{int(step)} (checked {window}); training stopped rather than go on with broken "
+                "weights. Lower model.optimizer.lr, or resume from the last good checkpoint "
+                "(checkpoints/last.ckpt)."
+            )
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The guard that reads ``_record_nonfinite``'s record, once per trainer."""
+        if any(isinstance(c, FiniteLossGuard) for c in self.trainer.callbacks):
+            return []
+        return [FiniteLossGuard()]
 
     def train_epoch_metrics(self) -> dict[str, Tensor]:
         """The training epoch's loss, accuracy and loss terms so far (all ranks).
@@ -221,3 +250,24 @@ class OpenSetModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": interval},
         }
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stops training once the loss has been NaN or infinite, reading the module's device-side
+    record every ``trainer.log_every_n_steps`` steps and at each epoch end rather than every
+    step. Lightning runs checkpoint callbacks after the others, so no broken weights are saved
+    in between."""
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: OpenSetModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        every = trainer.log_every_n_steps
+        if trainer.global_step % every == 0:
+            first = max(trainer.global_step - every + 1, 1)
+            pl_module.check_finite_loss(
+                f"at step {trainer.global_step}, over steps {first}-"
+                f"{trainer.global_step}, every trainer.log_every_n_steps"
+            )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
+        pl_module.check_finite_loss(f"at the end of epoch {trainer.current_epoch}")

@@ -1,0 +1,63 @@
+"""A training step never waits for the device: no .item(), bool(tensor) or list -> tensor.
+
+On a GPU each of those blocks the host until the queued kernels have run. Counted here on the
+CPU, where the same calls would be made.
+"""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.test_models import make_module
+
+HOST_SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__")
+
+
+@pytest.fixture
+def host_syncs(monkeypatch):
+    calls: list[str] = []
+    for name in HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    original_tensor = torch.tensor
+
+    def tensor(data, *args, **kwargs):
+        calls.append("torch.tensor")
+        return original_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["baseline", "mlae"])
+def test_training_step_and_update_make_no_host_sync(kind, train_cfg, host_syncs):
+    cfg = train_cfg(f"model={kind}")
+    module = instantiate(cfg.model, class_names=[str(c) for c in range(10)])
+    optimizer = module.configure_optimizers()  # the configured (fused) Adam
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+    module.train()
+    for step in range(4):
+        if step == 1:
+            host_syncs.clear()  # the optimizer makes its state on its first step
+        loss = module.training_step((x, y), step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert host_syncs == []
+    module.check_finite_loss("in the test")  # the one deliberate sync, outside the step
+    assert host_syncs == ["tolist"]
+
+
+def test_a_nonfinite_loss_is_recorded_on_the_device_with_its_step():
+    module = make_module("baseline")
+    module._record_nonfinite(torch.tensor(1.5))
+    module.check_finite_loss("now")
+    module._record_nonfinite(torch.tensor(float("inf")))
+    module._record_nonfinite(torch.tensor(float("nan")))  # the first one is kept
+    with pytest.raises(Exception, match=r"became inf at epoch 0, step 0 \(checked now\)"):
+        module.check_finite_loss("now")
