@@ -60,6 +60,23 @@ def test_run_directory_holds_contract_metrics_report_and_plots(train_cfg, tmp_pa
         assert f"plots/{name}.png" in report
 
 
+@pytest.mark.slow
+def test_a_trained_model_separates_the_ood_sets_from_the_known_digits(train_cfg, tmp_path):
+    """Three real epochs: every sign between the scores and metrics.json must be right."""
+    train(train_cfg("model=mlae", "trainer.max_epochs=3", "report.tsne_points=0"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["known_rejection_rate"] <= 0.1
+    for name in ("fashion_mnist", "cifar10"):
+        assert metrics[f"ood.{name}.rejection_rate"] >= metrics["known_rejection_rate"] + 0.8
+        voting = f"ood.{name}.scores.recon_l2"
+        for key in ("auroc", "aupr_in", "aupr_out"):
+            assert metrics[f"{voting}.{key}"] >= 0.9, (voting, key)
+        assert metrics[f"{voting}.fpr95"] <= 0.2, voting
+        for score in ("max_logit", "energy"):  # three epochs: the classifier is less sure
+            assert metrics[f"ood.{name}.scores.{score}.auroc"] >= 0.8, (name, score)
+    assert metrics["open_set.binary_accuracy"] >= 0.9
+
+
 def test_held_out_digits_become_the_mnist_unknown_set(train_cfg, tmp_path):
     train(train_cfg("model=baseline", "data.known_classes=[2,4,5,9,8,3]", *TINY_TRAINING))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
