@@ -17,6 +17,7 @@ from osr.evaluate import evaluate_checkpoint
 from osr.summarize import summarize
 from osr.train import train
 from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
+from tests.wandb_records import logged_config, logged_history
 
 SCORES = ("recon_l2", "binary_diff", "msp", "max_logit", "energy")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -183,6 +184,7 @@ def test_evaluate_checkpoint_reproduces_the_runs_metrics(train_cfg, evaluate_cfg
     assert own[auroc] < again[auroc] - 0.5
 
 
+@pytest.mark.slow
 def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeypatch):
     from osr.wandb_setup import finish_wandb, prepare_wandb
 
@@ -192,20 +194,48 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
     prepare_wandb()
     assert os.environ["WANDB_MODE"] == "offline"
     try:
-        train(train_cfg("model=baseline", "logger=wandb", *TINY_TRAINING))
+        returned, _ = train(
+            train_cfg(
+                "model=baseline",
+                "logger=wandb",
+                "trainer.max_epochs=2",
+                "trainer.limit_train_batches=3",
+                "trainer.limit_val_batches=1",
+            )
+        )
     finally:
         finish_wandb()
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    data = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
-    for key in (
-        b"open_set.accuracy",
-        b"calib/msp",
-        b"val/acc",
-        b"eval/separation",
-        b"voting_scores",
-    ):
-        assert key in data, key
+    run = tmp_path / "run"
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (records,) = offline.glob("run-*.wandb")
+    history = logged_history(records)
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    assert scalars
+    for key, value in scalars.items():
+        assert history[f"eval/{key}"] == [pytest.approx(value, abs=1e-6)], key
+    calibration = json.loads((run / "thresholds.json").read_text())
+    for name, fitted in calibration["scores"].items():
+        assert history[f"calib/{name}"] == [pytest.approx(fitted["threshold"])], name
+    for name, value in calibration["validation"].items():
+        assert history[f"calib/val_{name}"] == [pytest.approx(value)], name
+    assert len(history["val/acc"]) == 2
+    assert history["val/acc"][-1] == pytest.approx(returned["val/acc"])
+    assert history["val/acc_best"][-1] == pytest.approx(max(history["val/acc"]))
+
+    (table_path,) = history["eval/separation/path"]
+    table = json.loads((offline / "files" / table_path).read_text())
+    assert table["columns"] == ["set", "score", "auroc", "aupr_in", "aupr_out", "fpr95"]
+    assert len(table["data"]) == 2 * 3  # two OOD sets, three scores
+    for name, score, *values in table["data"]:
+        prefix = f"ood.{name}.scores.{score}"
+        expected = [metrics[f"{prefix}.{k}"] for k in ("auroc", "aupr_in", "aupr_out", "fpr95")]
+        assert values == pytest.approx(expected), prefix
+    for plot in ("confusion_matrix", "scores_msp", "training_curves"):
+        (files,) = history[f"plots/{plot}/filenames"]
+        assert (offline / "files" / files[0]).read_bytes()[:8] == PNG_MAGIC, plot
+    assert logged_config(records)["model"]["voting_scores"] == ["msp"]
 
 
 def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
