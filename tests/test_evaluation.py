@@ -46,10 +46,20 @@ def test_run_directory_holds_contract_metrics_report_and_plots(train_cfg, tmp_pa
     train(train_cfg("model=mlae", *TINY_TRAINING))
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in contract_keys(["fashion_mnist", "cifar10"], SCORES):
-        assert key in metrics, key
-        if not key.startswith("thresholds."):
-            assert 0.0 <= metrics[key] <= 1.0, key
+    contract = contract_keys(["fashion_mnist", "cifar10"], SCORES)
+    counts = {"mnist.count": 120, "ood.fashion_mnist.count": 120, "ood.cifar10.count": 60}
+    assert metrics.keys() == {*contract, *counts, "open_set.confusion_matrix"}
+    # fractions, except the thresholds (each in its score's units) and the counts
+    fitted = json.loads((run / "thresholds.json").read_text())["scores"]
+    for key in contract:
+        value = metrics[key]
+        if key.startswith("thresholds."):
+            assert value == pytest.approx(fitted[key.split(".", 1)[1]]["threshold"]), key
+        else:
+            assert isinstance(value, float) and 0.0 <= value <= 1.0, key
+    assert metrics["thresholds.binary_diff"] > 1  # a number of pixels
+    for key, count in counts.items():
+        assert type(metrics[key]) is int and metrics[key] == count, key
     cm = np.array(metrics["open_set.confusion_matrix"])
     assert cm.shape == (11, 11) and cm.sum() == 120 + 120 + 60  # known test + both OOD sets
     assert cm[:10].sum() == 120 and cm[10].sum() == 180
