@@ -101,7 +101,8 @@ def max_logit(logits: Tensor) -> Tensor:
 
 
 def energy(logits: Tensor) -> Tensor:
-    """Negative free energy, -logsumexp of the logits."""
+    """Free energy at temperature 1, -logsumexp of the logits (Liu et al., 2020): it falls as
+    the classifier's logits grow, so it is already higher for more unknown inputs."""
     return -logits.logsumexp(dim=1)
 
 
