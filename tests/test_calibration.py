@@ -59,6 +59,7 @@ def tiny_run(train_cfg, *overrides):
     return train(train_cfg(*TINY_TRAINING, *overrides))
 
 
+@pytest.mark.slow
 def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     _, objects = tiny_run(train_cfg, "model=mlae")
     module = objects["model"]
@@ -79,6 +80,7 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     assert "calib/recon_l2" in metrics and "calib/val_open_set_accuracy" in metrics
 
 
+@pytest.mark.slow
 def test_calibration_reports_the_validation_split_at_its_thresholds(train_cfg):
     returned, objects = tiny_run(train_cfg, "model=mlae", "calibration.k=0.5")
     module, datamodule = objects["model"], objects["datamodule"]
@@ -108,6 +110,7 @@ def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dic
     return json.loads((out / "thresholds.json").read_text())
 
 
+@pytest.mark.slow
 def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_data):
     tiny_run(train_cfg, "model=baseline")
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
@@ -123,6 +126,7 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
     assert torch.equal(read_checkpoint(best)["state_dict"]["thresholds"], before)  # untouched
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_fit_the_same_thresholds_as_one(train_cfg, tmp_path, tiny_data):
     tiny_run(train_cfg, "model=mlae", "data.val_size=101")  # odd size: uneven shards
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"

@@ -73,6 +73,7 @@ class RecordingMNIST(MNISTDataModule):
         return out
 
 
+@pytest.mark.slow
 def test_val_and_test_batches_are_never_blurred(train_cfg):
     """Through the real Trainer: validation and test batches equal plain normalization."""
     from osr.train import train

@@ -42,6 +42,7 @@ def contract_keys(sets: list[str], scores: tuple[str, ...]) -> list[str]:
     return keys
 
 
+@pytest.mark.slow
 def test_run_directory_holds_contract_metrics_report_and_plots(train_cfg, tmp_path):
     train(train_cfg("model=mlae", *TINY_TRAINING))
     run = tmp_path / "run"
@@ -96,6 +97,7 @@ def test_a_trained_model_separates_the_ood_sets_from_the_known_digits(train_cfg,
     assert metrics["open_set.binary_accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_held_out_digits_become_the_mnist_unknown_set(train_cfg, tmp_path):
     train(train_cfg("model=baseline", "data.known_classes=[2,4,5,9,8,3]", *TINY_TRAINING))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -248,6 +250,7 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
     assert logged_config(records)["model"]["voting_scores"] == ["msp"]
 
 
+@pytest.mark.slow
 def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("report.")]

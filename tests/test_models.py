@@ -119,6 +119,7 @@ def test_mlae_loss_weights_reconstruction_and_classification():
     assert torch.allclose(loss, expected) and torch.allclose(extra["rec_mse"], F.mse_loss(recon, x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["baseline", "mlae"])
 def test_train_entry_point_fast_dev_run(train_cfg, model):
     metrics, _ = train(train_cfg(f"model={model}", "trainer.fast_dev_run=true"))
@@ -171,6 +172,7 @@ def test_checkpoint_loads_back_into_an_identical_model(train_cfg, tmp_path, mode
         assert torch.equal(trained.logits_and_scores(x)[0], best.logits_and_scores(x)[0])
 
 
+@pytest.mark.slow
 def test_epoch_figures_are_the_sample_weighted_means_of_the_steps(train_cfg, tmp_path):
     # 300 training images in batches of 128: the last batch of each epoch holds 44
     cfg = train_cfg(

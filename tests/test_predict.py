@@ -82,6 +82,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predicts_every_readable_image_and_skips_the_rest(checkpoint, images, tmp_path):
     folder, digits = images
     done = predict(f"ckpt_path={checkpoint}", f"inputs={folder}", f"hydra.run.dir={tmp_path / 'p'}")
@@ -110,6 +111,7 @@ def test_predicts_every_readable_image_and_skips_the_rest(checkpoint, images, tm
         float(rows[0][score])
 
 
+@pytest.mark.slow
 def test_single_file_glob_and_output_path(checkpoint, images, tmp_path):
     folder, _ = images
     out = tmp_path / "one.csv"
@@ -129,6 +131,7 @@ def test_single_file_glob_and_output_path(checkpoint, images, tmp_path):
     assert len(read_rows(tmp_path / "p2" / "predictions.csv")) == 2
 
 
+@pytest.mark.slow
 def test_no_images_is_a_clear_error(checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     done = predict(

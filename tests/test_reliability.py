@@ -24,6 +24,7 @@ def run_train(data_dir: Path, run_dir: Path | None, *overrides: str) -> subproce
     return run_module("osr.train", f"paths.data_dir={data_dir}", *where, *base, *overrides)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_step", [17, 21], ids=["mid-epoch", "epoch-start"])
 def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, kill_step):
     reference = run_train(tiny_data, tmp_path / "reference", *RESUME_RUN)
@@ -63,6 +64,7 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, kill_step):
         assert torch.allclose(final["state_dict"][name], tensor, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(train_cfg, tmp_path):
     def metrics(seed: int, name: str) -> dict:
         cfg = train_cfg("model=baseline", "trainer.max_epochs=1", f"seed={seed}")
@@ -90,6 +92,7 @@ def test_atomic_write_never_leaves_a_truncated_file(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.slow
 def test_wandb_api_key_never_lands_in_run_files(train_cfg, tmp_path, monkeypatch):
     from osr.wandb_setup import finish_wandb
 
