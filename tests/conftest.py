@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
@@ -114,8 +115,28 @@ TINY_TRAINING = [
 ]
 
 
+# whether the running test carries @pytest.mark.slow (set by ``slow_marker_is_honest``)
+RUNNING_SLOW_TEST = {"marked": True}
+
+
+@pytest.fixture(autouse=True)
+def slow_marker_is_honest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test without the slow marker fails as soon as it fits a model or starts osr.train,
+    so ``pytest -m "not slow"`` stays a quick loop."""
+    marked = request.node.get_closest_marker("slow") is not None
+    monkeypatch.setitem(RUNNING_SLOW_TEST, "marked", marked)
+    if not marked:
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            pytest.fail(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(pl.Trainer, "fit", refuse)
+
+
 def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from the repository, as a user runs it."""
+    if module == "osr.train" and not RUNNING_SLOW_TEST["marked"]:
+        pytest.fail("this test starts osr.train: mark it @pytest.mark.slow")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
