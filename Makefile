@@ -26,5 +26,5 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,sweep]"
+	$(PY) -m pip install --quiet -e ".[dev,sweep,cluster]"
 	touch $@

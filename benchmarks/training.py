@@ -1,15 +1,20 @@
-"""Training throughput (images/s) of both models, side by side in one run:
+"""Training throughput (images/s) of both models, side by side in one run, on one device:
 
-- osr: the Trainer that ``osr.train`` builds (in-memory uint8 batches, blur on device);
-- hand loop: a minimal PyTorch loop over the same model and the same in-memory batches;
+- osr: the Trainer that ``osr.train`` builds (uint8 batches resident on the device, blur on
+  the device), at batch 64 and 512;
+- hand loop: a minimal PyTorch loop over the same model, data resident on the device, the
+  same blur, at the same batch sizes;
+- compiled: that loop with the networks compiled (``torch.compile``; also
+  ``mode="reduce-overhead"``, CUDA graphs, on CUDA), at batch 64 (``--compile``, the default
+  on CUDA: on the CPU compiling takes minutes and inductor's CPU code is not faster here);
 - notebook: the notebook's feeding, torchvision MNIST with per-sample PIL transforms
   (Resize, ToTensor, Normalize, GaussianBlur) through a DataLoader with 2 workers, batch 64.
 
-Rates exclude the first 20 batches of each measurement (start-up); Trainer and hand loop
-run alternately, best of three each. Also the FLOPs per training image
+Rates exclude the first batches of each measurement (start-up, compilation); Trainer and hand
+loop run alternately, best of ``--rounds`` each. Also the FLOPs per training image
 (``FlopCounterMode``) and the achieved GFLOP/s against a large float32 ``torch.mm``.
 
-    python -m benchmarks.training [--batches 300] [--rounds 3]
+    python -m benchmarks.training [--device cpu|cuda] [--batches 300] [--rounds 3]
 """
 
 import argparse
@@ -30,7 +35,7 @@ from benchmarks.common import MIRROR, RESULTS, machine
 from osr.config import CONFIG_DIR
 
 
-def compose_train(model: str, batches: int):
+def compose_train(model: str, batches: int, device: str, batch_size: int):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(
             "train",
@@ -38,7 +43,9 @@ def compose_train(model: str, batches: int):
                 f"model={model}",
                 f"paths.data_dir={MIRROR}",
                 "paths.output_dir=/tmp/osr-bench",
+                f"data.batch_size={batch_size}",
                 "trainer.max_epochs=1",
+                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
                 f"trainer.limit_train_batches={batches}",
                 "trainer.limit_val_batches=0",
                 "trainer.enable_checkpointing=false",
@@ -51,48 +58,78 @@ def compose_train(model: str, batches: int):
         )
 
 
-def fresh(cfg, datamodule):
+def fresh(cfg, datamodule, device: torch.device):
     pl.seed_everything(0)
-    return instantiate(cfg.model, class_names=datamodule.class_names)
+    return instantiate(cfg.model, class_names=datamodule.class_names).to(device)
 
 
-WARMUP = 20  # batches excluded from every measurement (start-up, allocator warm-up)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class SteadyStateTimer(pl.Callback):
-    """Images/s of the training batches after the first WARMUP, as the Trainer runs them."""
+    """Images/s of the training batches after the first ``warmup``, as the Trainer runs them
+    (the device is synchronized only where the measurement starts and ends)."""
+
+    def __init__(self, warmup: int, batches: int) -> None:
+        self.warmup, self.batches = warmup, batches
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == WARMUP:
+        if batch_idx == self.warmup:
+            sync(pl_module.device)
             self.start, self.seen = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx >= WARMUP:
+        if batch_idx >= self.warmup:
             self.seen += len(batch[1])
+        if batch_idx == self.batches - 1:
+            sync(pl_module.device)
             self.rate = self.seen / (time.perf_counter() - self.start)
 
 
-def osr_trainer(cfg, datamodule) -> float:
-    timer = SteadyStateTimer()
+def osr_trainer(cfg, datamodule, warmup: int, batches: int) -> float:
+    timer = SteadyStateTimer(warmup, batches)
     trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False)
-    trainer.fit(fresh(cfg, datamodule), datamodule=datamodule)
+    trainer.fit(instantiate(cfg.model, class_names=datamodule.class_names), datamodule=datamodule)
     return timer.rate
 
 
-def train_loop(model, batches, transform=None) -> float:
+def train_loop(model, batches, warmup: int, transform=None) -> float:
     optimizer = model.configure_optimizers()
     model.train()
     seen = 0
     for i, (images, labels) in enumerate(batches):
-        if i == WARMUP:
+        if i == warmup:
+            sync(model.device)
             start, seen = time.perf_counter(), 0
+        images, labels = images.to(model.device), labels.to(model.device)
         x = transform(images, augment=True) if transform else images
         loss = model._loss(x, labels)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         seen += len(labels)
+    sync(model.device)
     return seen / (time.perf_counter() - start)
+
+
+def resident_batches(datamodule, device: torch.device, batch_size: int, n: int):
+    """``n`` shuffled batches of the training split, data and indices on ``device``."""
+    images, labels = (t.to(device) for t in datamodule.train_set.tensors)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).to(device)
+    for i in range(n):
+        start = (i * batch_size) % (len(labels) - batch_size)
+        idx = order[start : start + batch_size]
+        yield images[idx], labels[idx]
+
+
+def compiled(model, mode: str | None):
+    """The module with its networks compiled in place (state_dict names unchanged)."""
+    for name in ("net", "autoencoder", "classifier"):
+        if hasattr(model, name):
+            getattr(model, name).compile(mode=mode)
+    return model
 
 
 def limited(loader, n):
@@ -124,60 +161,106 @@ def flops_per_image(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Trainer and hand loop at one batch size, alternating, best of ``args.rounds`` each."""
+    batches = max(60, args.batches * 64 // batch_size)  # about the same images at any size
+    warmup = max(5, batches // 15)
+    cfg = compose_train(name, batches, args.device, batch_size)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    transform = datamodule.transform.to(device)
+    trainer_rates, loop_rates = [], []
+    for _ in range(args.rounds):
+        trainer_rates.append(osr_trainer(cfg, datamodule, warmup, batches))
+        data = resident_batches(datamodule, device, batch_size, batches)
+        loop_rates.append(train_loop(fresh(cfg, datamodule, device), data, warmup, transform))
+    row = {
+        "osr_trainer_img_s": max(trainer_rates),
+        "hand_loop_img_s": max(loop_rates),
+        "trainer_vs_hand_loop": max(trainer_rates) / max(loop_rates),
+    }
+    if args.compile and batch_size == 64:
+        modes = {"compiled": None}
+        if device.type == "cuda":
+            modes["compiled_reduce_overhead"] = "reduce-overhead"
+        for key, mode in modes.items():
+            data = resident_batches(datamodule, device, batch_size, batches)
+            model = compiled(fresh(cfg, datamodule, device), mode)
+            row[f"{key}_loop_img_s"] = train_loop(model, data, warmup * 2, transform)
+    if batch_size == 64:
+        nb = limited(notebook_loader(), batches)
+        row["notebook_feeding_img_s"] = train_loop(fresh(cfg, datamodule, device), nb, warmup)
+        row["speedup_vs_notebook"] = row["osr_trainer_img_s"] / row["notebook_feeding_img_s"]
+        x = datamodule.transform(datamodule.train_set.tensors[0][:64])
+        row["train_flops_per_image"] = flops_per_image(
+            name, x, datamodule.train_set.tensors[1][:64]
+        )
+        row["achieved_gflop_s"] = row["train_flops_per_image"] * row["osr_trainer_img_s"] / 1e9
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batches", type=int, default=300, help="batches of 64 per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the compiled loop (default: on CUDA only)",
+    )
     args = parser.parse_args()
-    rows = {}
-    peak = matmul_gflops()
+    if args.compile is None:
+        args.compile = args.device == "cuda"
+    device = torch.device(args.device)
+    peak = matmul_gflops(device)
+    rows: dict[str, dict] = {}
     for name in ("baseline", "mlae"):
-        cfg = compose_train(name, args.batches)
-        datamodule = instantiate(cfg.data)
-        datamodule.setup("fit")
-        # alternate the two, best of --rounds each: this shared machine's speed drifts
-        trainer_rates, loop_rates = [], []
-        for _ in range(args.rounds):
-            trainer_rates.append(osr_trainer(cfg, datamodule))
-            batches = limited(datamodule.train_dataloader(), args.batches)
-            loop_rates.append(train_loop(fresh(cfg, datamodule), batches, datamodule.transform))
-        trainer_rate, loop_rate = max(trainer_rates), max(loop_rates)
-        notebook_rate = train_loop(fresh(cfg, datamodule), limited(notebook_loader(), args.batches))
-        x = datamodule.transform(datamodule.train_set.tensors[0][:64])
-        flops = flops_per_image(name, x, datamodule.train_set.tensors[1][:64])
-        rows[name] = {
-            "osr_trainer_img_s": trainer_rate,
-            "hand_loop_img_s": loop_rate,
-            "notebook_feeding_img_s": notebook_rate,
-            "speedup_vs_notebook": trainer_rate / notebook_rate,
-            "trainer_vs_hand_loop": trainer_rate / loop_rate,
-            "train_flops_per_image": flops,
-            "achieved_gflop_s": flops * trainer_rate / 1e9,
-        }
-    print(f"float32 matmul (2048^2): {peak:.1f} GFLOP/s")
-    header = f"{'model':<9}{'osr img/s':>11}{'hand loop':>11}{'notebook':>10}{'vs nb':>7}"
-    print(header + f"{'vs loop':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}")
+        by_size = {bs: measure(name, args, device, bs) for bs in args.batch_sizes}
+        rows[name] = {**by_size[args.batch_sizes[0]]}
+        rows[name]["by_batch_size"] = {str(bs): r for bs, r in by_size.items()}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {where}; float32 matmul (2048^2): {peak:.1f} GFLOP/s")
+    print(
+        f"{'model':<9}{'batch':>6}{'osr img/s':>11}{'hand loop':>11}{'vs loop':>9}"
+        f"{'compiled':>10}{'CUDA graphs':>12}{'notebook':>10}{'vs nb':>7}"
+    )
     for name, r in rows.items():
-        print(
-            f"{name:<9}{r['osr_trainer_img_s']:>11.0f}{r['hand_loop_img_s']:>11.0f}"
-            f"{r['notebook_feeding_img_s']:>10.0f}{r['speedup_vs_notebook']:>6.2f}x"
-            f"{r['trainer_vs_hand_loop']:>8.2f}x{r['train_flops_per_image'] / 1e6:>11.2f}"
-            f"{r['achieved_gflop_s']:>9.2f}"
-        )
+        for bs, b in r["by_batch_size"].items():
+            cells = [
+                b.get(k)
+                for k in (
+                    "compiled_loop_img_s",
+                    "compiled_reduce_overhead_loop_img_s",
+                    "notebook_feeding_img_s",
+                    "speedup_vs_notebook",
+                )
+            ]
+            shown = [f"{c:.0f}" if c else "" for c in cells[:3]] + [
+                f"{cells[3]:.2f}x" if cells[3] else ""
+            ]
+            print(
+                f"{name:<9}{bs:>6}{b['osr_trainer_img_s']:>11.0f}{b['hand_loop_img_s']:>11.0f}"
+                f"{b['trainer_vs_hand_loop']:>8.2f}x{shown[0]:>10}{shown[1]:>12}{shown[2]:>10}"
+                f"{shown[3]:>7}"
+            )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "training.json"
-    out.write_text(
-        json.dumps({"machine": machine(), "matmul_gflop_s": peak, "models": rows}, indent=2)
-    )
+    facts = {**machine(), "device": where}
+    out.write_text(json.dumps({"machine": facts, "matmul_gflop_s": peak, "models": rows}, indent=2))
     print(f"written to {out}")
 
 

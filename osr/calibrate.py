@@ -10,12 +10,13 @@ from omegaconf import DictConfig
 
 from osr.calibration import ThresholdCalibration
 from osr.checkpoints import (
+    CONFIG_KEY,
     datamodule_from_checkpoint,
     module_from_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
-from osr.config import exits_on_user_error
+from osr.config import exits_on_user_error, to_plain
 
 log = logging.getLogger("osr.calibrate")
 
@@ -35,6 +36,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> Path:
     out = Path(cfg.paths.output_dir) / "checkpoints" / "calibrated.ckpt"
     if trainer.is_global_zero:
         ckpt["state_dict"]["thresholds"] = module.thresholds.detach().cpu().clone()
+        ckpt[CONFIG_KEY]["calibration"] = to_plain(cfg.calibration)  # the rule now in force
         save_checkpoint(ckpt, out)
         log.info("thresholds %s -> %s", module.threshold_dict(), out)
     return out

@@ -3,9 +3,10 @@
 Threshold rules are plain objects (``fit(scores) -> threshold``); the ``ThresholdCalibration``
 callback runs the best weights over the validation split, gathers the scores of every rank,
 fits one threshold per score and stores them in the module's ``thresholds`` buffer and in
-the run's checkpoints.
+the run's checkpoints that hold those weights.
 """
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ from osr.distributed import gather_cat
 from osr.errors import OSRError
 from osr.io import write_json
 from osr.modules.open_set import OpenSetModule
+
+log = logging.getLogger(__name__)
 
 
 class ThresholdRule(Protocol):
@@ -63,7 +66,8 @@ class Quantile:
 def collect_scores(
     module: OpenSetModule, datamodule: ImageDataModule, loader: DataLoader
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Scores, logits and labels of every image of ``loader``, gathered from all ranks."""
+    """Scores, logits and labels of every image of ``loader``, gathered from all ranks and put
+    back in dataset order (each rank scores its own shard, ``ShardedBatchSampler``)."""
     was_training = module.training
     module.eval()
     scores: dict[str, list[Tensor]] = {name: [] for name in module.score_names}
@@ -75,10 +79,12 @@ def collect_scores(
         logits.append(batch_logits)
         labels.append(y)
     module.train(was_training)
+    positions = torch.cat(list(loader.sampler)).to(module.device)
+    order = gather_cat(positions).argsort()
     return (
-        {name: gather_cat(torch.cat(values)) for name, values in scores.items()},
-        gather_cat(torch.cat(logits)),
-        gather_cat(torch.cat(labels)),
+        {name: gather_cat(torch.cat(values))[order] for name, values in scores.items()},
+        gather_cat(torch.cat(logits))[order],
+        gather_cat(torch.cat(labels))[order],
     )
 
 
@@ -95,24 +101,48 @@ def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, 
     }
 
 
+def cross_fitted_decisions(
+    module: OpenSetModule, rule: ThresholdRule, logits: Tensor, scores: dict[str, Tensor]
+) -> Tensor:
+    """The decision on every validation image, made with thresholds fitted on the other half
+    of the split (first half / second half, in dataset order), so that no image is judged by a
+    threshold fitted on itself."""
+    n = len(logits)
+    if n < 2:
+        raise OSRError(
+            f"the validation split holds {n} image(s); cross-fitted validation figures need "
+            "at least 2. Set data.val_size=2 or more."
+        )
+    halves = (slice(0, n // 2), slice(n // 2, n))
+    decisions = torch.empty(n, dtype=torch.long, device=logits.device)
+    for fit_on, judged in (halves, halves[::-1]):
+        thresholds = {name: rule.fit(scores[name][fit_on]) for name in module.hparams.voting_scores}
+        part = {name: values[judged] for name, values in scores.items()}
+        decisions[judged] = module.decide(logits[judged], part, thresholds)
+    return decisions
+
+
 def calibrate(
     module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
 ) -> dict[str, Any]:
     """Fit thresholds on the validation split and store them in ``module``.
 
-    Also reports how the calibrated model does on that split (all known images): the share
-    rejected as UNKNOWN and the (K+1)-way accuracy, where a rejection counts as an error. These
-    need no OOD data, so a hyperparameter search may select on them.
+    Also reports how the calibrated model does on known images it was not calibrated on: the
+    share rejected as UNKNOWN and the (K+1)-way accuracy (a rejection counts as an error), each
+    validation image judged with thresholds cross-fitted on the other half of the split. These
+    need no OOD data, so a hyperparameter search may select on them without a threshold that
+    only fits its own data looking good.
     """
     scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
     fitted = fit_thresholds(scores, rule)
     module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
-    decisions = module.decide(logits, scores)
+    decisions = cross_fitted_decisions(module, rule, logits, scores)
     return {
         "rule": asdict(rule),
         "voting_scores": list(module.hparams.voting_scores),
         "split": f"{datamodule.name} val",
         "scores": fitted,
+        # each half of the split judged with thresholds fitted on the other half
         "validation": {
             "known_rejection_rate": (decisions == module.unknown_label).float().mean().item(),
             "open_set_accuracy": (decisions == labels).float().mean().item(),
@@ -121,7 +151,8 @@ def calibrate(
 
 
 class ThresholdCalibration(Callback):
-    """After fit: best weights -> validation scores -> thresholds in the module and checkpoints.
+    """After fit: best weights -> validation scores -> thresholds in the module and in the
+    checkpoints holding those weights (``best.ckpt``; ``last.ckpt`` only if it is the same).
 
     Writes ``thresholds.json`` to ``output_dir`` and logs ``calib/<score>`` thresholds and
     ``calib/val_known_rejection_rate`` / ``calib/val_open_set_accuracy`` to every logger.
@@ -170,6 +201,7 @@ class ThresholdCalibration(Callback):
             for path in (callback.best_model_path, callback.last_model_path)
         }
         for path in sorted(p for p in paths if p and Path(p).is_file()):
-            write_thresholds(path, pl_module.thresholds)
+            if not write_thresholds(path, pl_module):
+                log.info("%s holds other weights than the calibrated ones: no thresholds", path)
         if self.output_dir is not None:
             write_json(self.output_dir / "thresholds.json", self.result)

@@ -9,7 +9,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
-from torch import Tensor
 
 from osr.config import plain
 from osr.errors import CheckpointError
@@ -50,11 +49,25 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
-def write_thresholds(path: str | Path, thresholds: Tensor) -> None:
-    """Store calibrated thresholds in an existing checkpoint file."""
+def write_thresholds(path: str | Path, module: pl.LightningModule) -> bool:
+    """Store ``module``'s calibrated thresholds in the checkpoint at ``path`` if it holds the
+    weights they were fitted on; returns whether it did.
+
+    Thresholds fitted on one set of weights mean nothing for another: a ``last.ckpt`` from a
+    later epoch than the best weights keeps no thresholds (and must be calibrated on its own).
+    """
     ckpt = read_checkpoint(path)
-    ckpt["state_dict"]["thresholds"] = thresholds.detach().cpu().clone()
+    weights = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    weights.pop("thresholds")
+    saved = ckpt["state_dict"]
+    if not all(
+        name in saved and torch.equal(saved[name], tensor.detach().cpu())
+        for name, tensor in weights.items()
+    ):
+        return False
+    saved["thresholds"] = module.thresholds.detach().cpu().clone()
     save_checkpoint(ckpt, path)
+    return True
 
 
 def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:

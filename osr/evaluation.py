@@ -29,19 +29,26 @@ class Evaluation:
 def ood_datamodules(
     ood_cfg: Mapping[str, Any], known: ImageDataModule
 ) -> dict[str, ImageDataModule]:
-    """Instantiate the configured OOD sets, every label UNKNOWN, normalized per protocol."""
+    """Instantiate the configured OOD sets, every label UNKNOWN, normalized per protocol.
+
+    Each is attached to ``known``'s trainer, so that under DDP every rank scores its own
+    shard of it, as it does for the known test split.
+    """
     normalization = ood_cfg.get("normalization", IN_DISTRIBUTION)
     if normalization not in (IN_DISTRIBUTION, OWN):
         raise OSRError(f"ood.normalization={normalization!r}: use {IN_DISTRIBUTION} or {OWN}")
     stats = {}
     if normalization == IN_DISTRIBUTION:
         stats = {"mean": known.hparams.mean, "std": known.hparams.std}
-    return {
+    oods = {
         name: instantiate(
             set_cfg, unknown_label=known.num_classes, test_limit=ood_cfg.get("limit"), **stats
         )
         for name, set_cfg in (ood_cfg.get("sets") or {}).items()
     }
+    for dm in oods.values():
+        dm.trainer = known.trainer
+    return oods
 
 
 def evaluation_loaders(
@@ -51,8 +58,13 @@ def evaluation_loaders(
     known.setup("test")
     loaders = {known.name: (known, known.test_dataloader())}
     loaders.update({name: (known, dl) for name, dl in known.unknown_dataloaders().items()})
+    trainer = known.trainer
+    if trainer is None or trainer.local_rank == 0:  # downloads once per machine
+        for dm in oods.values():
+            dm.prepare_data()
+    if trainer is not None:
+        trainer.strategy.barrier("ood_prepare_data")
     for name, dm in oods.items():
-        dm.prepare_data()
         dm.setup("test")
         loaders[name] = (dm, dm.test_dataloader())
     return loaders

@@ -1,4 +1,4 @@
-"""What a checkpoint needs beyond Lightning's own state to resume bit for bit."""
+"""What resuming needs beyond Lightning's own checkpoint state to continue bit for bit."""
 
 import random
 from typing import Any
@@ -7,6 +7,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from torchmetrics import Metric
+
+from osr.csv_logger import ResumableCSVLogger
 
 
 class RNGState(Callback):
@@ -42,3 +45,36 @@ class RNGState(Callback):
 def _python_state_to_plain(state: tuple) -> list:
     version, internal, gauss_next = state
     return [version, list(internal), gauss_next]
+
+
+class CarryCSVRows(Callback):
+    """Resuming from a checkpoint carries on the interrupted run's ``csv/metrics.csv``
+    (see ``ResumableCSVLogger``) instead of starting the file again."""
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.carry_rows()
+
+
+def metric_states(metrics: dict[str, Metric]) -> dict[str, Any]:
+    """What each metric has accumulated, summed over all ranks (every rank must call this):
+    Lightning checkpoints no metric states, yet a resumed epoch must report all its batches."""
+    states: dict[str, Any] = {}
+    for name, metric in metrics.items():
+        with metric.sync_context():
+            values = {
+                key: value.detach().cpu().clone() for key, value in metric.metric_state.items()
+            }
+        states[name] = {"values": values, "updates": metric.update_count}
+    return states
+
+
+def load_metric_states(metrics: dict[str, Metric], states: dict[str, Any]) -> None:
+    """Put ``metric_states`` back. Call it on one rank only: they hold every rank's share."""
+    for name, metric in metrics.items():
+        for key, value in states[name]["values"].items():
+            setattr(metric, key, value.to(getattr(metric, key).device))
+        metric._update_count = states[name]["updates"]  # no public setter; compute() checks it

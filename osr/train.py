@@ -114,22 +114,40 @@ def objective(metrics: dict[str, float], name: str | None) -> float | None:
     return metrics[name]
 
 
-def require_sweeper_plugin(argv: list[str]) -> None:
-    """``hparams_search=...`` runs on the Optuna sweeper plugin, an optional extra: say how to
-    install it rather than let Hydra report a missing ``hydra/sweeper/optuna`` config."""
-    if not any(arg.lstrip("+~").startswith("hparams_search=") for arg in argv):
-        return
-    try:
-        importlib.import_module("hydra_plugins.hydra_optuna_sweeper")
-    except ModuleNotFoundError:
-        print(
-            "error: hparams_search needs the Optuna sweeper plugin, which is not installed in "
-            f'{sys.prefix}. Install the sweep extra: pip install -e ".[sweep]"',
-            file=sys.stderr,
-        )
-        sys.exit(2)
+# Hydra plugins behind optional extras: (module, extra, what)
+OPTUNA = ("hydra_plugins.hydra_optuna_sweeper", "sweep", "the Optuna sweeper plugin")
+SUBMITIT = ("hydra_plugins.hydra_submitit_launcher", "cluster", "the submitit launcher plugin")
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
+def _plugin_needed(arg: str) -> tuple[str, str, str] | None:
+    key, _, value = arg.lstrip("+~").partition("=")
+    if key == "hparams_search":
+        return OPTUNA
+    if key == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+        return SUBMITIT
+    return None
+
+
+def require_plugins(argv: list[str]) -> None:
+    """Say how to install an optional Hydra plugin that an override needs, rather than let Hydra
+    report a missing config (``hydra/sweeper/optuna``, ``hydra/launcher/submitit_slurm``)."""
+    for arg in argv:
+        needed = _plugin_needed(arg)
+        if needed is None:
+            continue
+        module, extra, what = needed
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            print(
+                f"error: {arg} needs {what}, which is not installed in {sys.prefix}. "
+                f'Install the {extra} extra: pip install -e ".[{extra}]"',
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 if __name__ == "__main__":
-    require_sweeper_plugin(sys.argv[1:])
+    require_plugins(sys.argv[1:])
     main()

@@ -1,5 +1,6 @@
 """Callbacks the tests inject into real training runs through the config."""
 
+import json
 import os
 import signal
 
@@ -17,6 +18,30 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillInValidation(Callback):
+    """SIGKILL this process when validation starts after ``step`` optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BatchLabels(Callback):
+    """Appends (epoch, labels of the batch) of every training step to a JSON-lines file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps([trainer.current_epoch, batch[1].tolist()]) + "\n")
 
 
 class StepLosses(Callback):

@@ -81,18 +81,55 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_calibration_reports_the_validation_split_at_its_thresholds(train_cfg):
-    returned, objects = tiny_run(train_cfg, "model=mlae", "calibration.k=0.5")
+def test_thresholds_stay_out_of_checkpoints_holding_other_weights(train_cfg, tmp_path, tiny_data):
+    # best = the lowest val accuracy: the first epoch's weights, while last.ckpt is the second's
+    tiny_run(
+        train_cfg, "model=baseline", "trainer.max_epochs=2", "callbacks.model_checkpoint.mode=min"
+    )
+    best, last = (tmp_path / "run" / "checkpoints" / n for n in ("best.ckpt", "last.ckpt"))
+    best_ckpt, last_ckpt = read_checkpoint(best), read_checkpoint(last)
+    assert best_ckpt["epoch"] == 0 and last_ckpt["global_step"] == 6
+    weights = [n for n in best_ckpt["state_dict"] if n.startswith("net.")]
+    assert not all(
+        torch.equal(best_ckpt["state_dict"][n], last_ckpt["state_dict"][n]) for n in weights
+    )
+    assert module_from_checkpoint(best_ckpt).is_calibrated
+    assert torch.isnan(last_ckpt["state_dict"]["thresholds"]).all()
+    refused = run_module(
+        "osr.evaluate",
+        f"ckpt_path={last}",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        f"paths.data_dir={tiny_data}",
+    )
+    assert refused.returncode == 2
+    assert f"checkpoint {last} has no thresholds" in refused.stderr
+    assert "python -m osr.calibrate" in refused.stderr
+
+
+@pytest.mark.slow
+def test_validation_figures_judge_each_half_with_the_other_halfs_thresholds(train_cfg):
+    # q=1: thresholds at the maximum, so a split judged by its own thresholds rejects nothing
+    returned, objects = tiny_run(
+        train_cfg, "model=mlae", "calibration=quantile", "calibration.q=1.0"
+    )
     module, datamodule = objects["model"], objects["datamodule"]
     batches = list(datamodule.iterate(datamodule.val_dataloader(), module.device))
-    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    x, y = torch.cat([b[0] for b in batches]).cpu(), torch.cat([b[1] for b in batches]).cpu()
     module.eval()
-    decisions = module.predict_open(x)
-    rejected = (decisions == module.unknown_label).double().mean().item()
-    assert 0 < rejected < 1  # k=0.5 rejects some of the known images, not all
-    assert returned["calib/val_known_rejection_rate"] == pytest.approx(rejected, abs=1e-6)
+    with torch.no_grad():
+        logits, scores = module.logits_and_scores(x)
+    scores = {name: scores[name].numpy() for name in module.hparams.voting_scores}
+    n = len(y)
+    halves = (np.arange(n) < n // 2, np.arange(n) >= n // 2)
+    rejected = np.zeros(n, dtype=bool)
+    for fit_on, judged in (halves, halves[::-1]):
+        for values in scores.values():
+            rejected[judged] |= values[judged] > np.quantile(values[fit_on], 1.0)
+    decisions = np.where(rejected, module.unknown_label, logits.argmax(1).numpy())
+    assert 0 < rejected.mean() < 0.5
+    assert returned["calib/val_known_rejection_rate"] == pytest.approx(rejected.mean(), abs=1e-6)
     assert returned["calib/val_open_set_accuracy"] == pytest.approx(
-        (decisions == y).double().mean().item(), abs=1e-6
+        (decisions == y.numpy()).mean(), abs=1e-6
     )
 
 
@@ -124,6 +161,17 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
     )
     assert calibrated.threshold_dict()["msp"] == pytest.approx(record["scores"]["msp"]["threshold"])
     assert torch.equal(read_checkpoint(best)["state_dict"]["thresholds"], before)  # untouched
+    recorded = read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")["osr_config"]
+    assert recorded["calibration"] == {"_target_": "osr.calibration.Quantile", "q": 0.9}
+    evaluated = run_module(
+        "osr.evaluate",
+        f"ckpt_path={tmp_path / 'cal/checkpoints/calibrated.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        f"paths.data_dir={tiny_data}",
+        "ood=none",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "- **calibration**: q=0.9 (Quantile)" in (tmp_path / "ev/report.md").read_text()
 
 
 @pytest.mark.slow

@@ -164,9 +164,9 @@ def test_checkpoint_loads_back_into_an_identical_model(train_cfg, tmp_path, mode
         loaded = module_from_checkpoint(read_checkpoint(ckpt_dir / name)).eval()
         assert type(loaded) is type(trained)
         assert_same_weights(loaded, seen.weights[epoch])
-        assert loaded.threshold_dict() == trained.threshold_dict()
     assert_same_weights(trained, seen.weights[best_epoch])  # the best weights, restored
     best = module_from_checkpoint(read_checkpoint(ckpt_dir / "best.ckpt")).eval()
+    assert best.threshold_dict() == trained.threshold_dict()  # calibrated for these weights
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(trained.logits_and_scores(x)[0], best.logits_and_scores(x)[0])

@@ -1,4 +1,6 @@
+import csv
 import json
+import math
 import signal
 import subprocess
 from pathlib import Path
@@ -25,29 +27,39 @@ def run_train(data_dir: Path, run_dir: Path | None, *overrides: str) -> subproce
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_step", [17, 21], ids=["mid-epoch", "epoch-start"])
-def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, kill_step):
-    reference = run_train(tiny_data, tmp_path / "reference", *RESUME_RUN)
+@pytest.mark.parametrize(
+    ("overrides", "saved_at"),
+    [
+        # last.ckpt from the step saves only: epoch 1 ends, and logs, after the checkpoint
+        (["callbacks.model_checkpoint.save_last=false"], 18),
+        # last.ckpt also at epoch 1's end, after its figures are computed but before they are
+        # logged: Lightning does not repeat that epoch end on resume
+        ([], 20),
+    ],
+    ids=["mid-epoch", "epoch-end"],
+)
+def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, overrides, saved_at):
+    reference = run_train(tiny_data, tmp_path / "reference", *RESUME_RUN, *overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed = run_train(
         tiny_data,
         tmp_path / "killed",
         *RESUME_RUN,
+        *overrides,
         "+callbacks.kill._target_=tests.helpers.KillAtStep",
-        f"+callbacks.kill.step={kill_step}",
+        "+callbacks.kill.step=21",
     )
     assert killed.returncode == -signal.SIGKILL
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    saved_at = torch.load(last, weights_only=True)["global_step"]
-    assert 10 < saved_at < kill_step  # a checkpoint from before the crash, not an epoch end
+    assert torch.load(last, weights_only=True)["global_step"] == saved_at
     assert not (tmp_path / "killed" / "metrics.json").exists()
 
-    overrides = (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text()
-    resumed = run_train(tiny_data, None, *RESUME_RUN, f"ckpt_path={last}")  # in its own run
+    hydra_overrides = (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text()
+    resumed = run_train(tiny_data, None, *RESUME_RUN, *overrides, f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"run directory {tmp_path / 'killed'}" in resumed.stdout + resumed.stderr
-    assert (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text() == overrides
+    assert f"run directory {tmp_path / 'killed'}" in resumed.stdout + resumed.stderr  # its own
+    assert (tmp_path / "killed" / ".hydra" / "overrides.yaml").read_text() == hydra_overrides
     (resumed_config,) = (tmp_path / "killed").glob(".hydra-resumed-*/overrides.yaml")
     assert "ckpt_path=" in resumed_config.read_text()
     expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
@@ -62,6 +74,98 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_data, tmp_path, kill_step):
     assert final["global_step"] == reference_final["global_step"] == 30
     for name, tensor in reference_final["state_dict"].items():
         assert torch.allclose(final["state_dict"][name], tensor, atol=1e-6), name
+
+    header, rows = read_csv(tmp_path / "killed" / "csv" / "metrics.csv")
+    expected_header, expected_rows = read_csv(tmp_path / "reference" / "csv" / "metrics.csv")
+    assert header == expected_header
+    assert len(expected_rows) == 9  # val and train of 3 epochs, calibration, test, evaluation
+    assert len(rows) == len(expected_rows)
+    for row, expected_row in zip(rows, expected_rows, strict=True):
+        assert row == pytest.approx(expected_row, abs=1e-6, nan_ok=True)
+
+    # the training curves: EpochHistory in the final checkpoint, which the reference saved
+    # before epoch 2 ended (a resumed run whose best.ckpt did not change has Lightning save
+    # last.ckpt once more when training ends), and the plot drawn from all three epochs
+    history = final["callbacks"]["EpochHistory"]["epochs"]
+    expected_history = reference_final["callbacks"]["EpochHistory"]["epochs"]
+    assert [e["epoch"] for e in expected_history] == [0, 1]
+    assert len(history) >= len(expected_history)
+    for epoch, expected_epoch in zip(history, expected_history, strict=False):
+        assert epoch == pytest.approx(expected_epoch, abs=1e-6)
+    curves = "plots/training_curves.png"
+    assert (tmp_path / "killed" / curves).read_bytes() == (
+        tmp_path / "reference" / curves
+    ).read_bytes()
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[float]]]:
+    """The header and the rows of a metrics.csv, empty cells as NaN."""
+    header, *rows = list(csv.reader(path.open()))
+    return header, [[float(v) if v else math.nan for v in row] for row in rows]
+
+
+# epochs cut to 4 of the 10 training batches, a step checkpoint at each epoch's last batch
+CUT_SHORT_RUN = [
+    "model=baseline",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=4",
+    "callbacks.last_checkpoint.every_n_train_steps=4",
+    "test=false",
+    "evaluate=false",
+]
+
+
+def trained_batches(path: Path) -> list[list]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_resume_after_a_cut_short_epoch_trains_the_next_epoch_in_full(tiny_data, tmp_path):
+    def record(name: str) -> str:
+        return f"+callbacks.batches.path={tmp_path / name}.jsonl"
+
+    batches = "+callbacks.batches._target_=tests.helpers.BatchLabels"
+    reference = run_train(tiny_data, tmp_path / "reference", *CUT_SHORT_RUN, batches, record("ref"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = run_train(
+        tiny_data,
+        tmp_path / "killed",
+        *CUT_SHORT_RUN,
+        batches,
+        record("killed"),
+        "+callbacks.kill._target_=tests.helpers.KillInValidation",
+        "+callbacks.kill.step=4",
+    )
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # the step save, not val's
+
+    resumed = run_train(
+        tiny_data, None, *CUT_SHORT_RUN, batches, record("resumed"), f"ckpt_path={last}"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = trained_batches(tmp_path / "ref.jsonl")
+    assert [epoch for epoch, _ in expected] == [0] * 4 + [1] * 4 + [2] * 4
+    assert trained_batches(tmp_path / "resumed.jsonl") == expected[4:]
+    final = torch.load(last, weights_only=True)
+    reference_final = torch.load(tmp_path / "reference/checkpoints/last.ckpt", weights_only=True)
+    assert final["global_step"] == reference_final["global_step"] == 12
+    for name, tensor in reference_final["state_dict"].items():
+        assert torch.allclose(final["state_dict"][name], tensor, atol=1e-6), name
+    # Lightning resumes this checkpoint in epoch 1 without epoch 0's end; epoch 1's training
+    # figures must still be epoch 1's alone
+    expected_rows = train_rows(tmp_path / "reference" / "csv" / "metrics.csv")
+    assert [row["epoch"] for row in expected_rows] == [0, 1, 2]
+    rows = train_rows(tmp_path / "killed" / "csv" / "metrics.csv")
+    assert len(rows) == 2
+    for row, expected_row in zip(rows, expected_rows[1:], strict=True):
+        assert row == pytest.approx(expected_row, abs=1e-6)
+
+
+def train_rows(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics.csv that hold training figures, without their empty cells."""
+    rows = csv.DictReader(path.open())
+    return [{k: float(v) for k, v in row.items() if v} for row in rows if row["train/loss"]]
 
 
 @pytest.mark.slow

@@ -36,6 +36,11 @@ class ImageDataModule(pl.LightningDataModule):
         test_limit: at most this many test images (a random subset drawn with ``seed``), None
             for all.
         download: try torchvision's download when the files are missing.
+        on_device: keep the uint8 tensors on the trainer's accelerator (moved once) and draw
+            the index batches there: true, false, or auto (when they take under a quarter of
+            the accelerator's free memory). On the CPU the data is in memory either way.
+        device_eval_batch_size: evaluation and calibration batch size when the data lives on
+            an accelerator (large batches keep a GPU busy).
     """
 
     source_name: str = ""
@@ -57,8 +62,14 @@ class ImageDataModule(pl.LightningDataModule):
         download: bool = True,
         blur_kernel_size: int = 3,
         blur_sigma: Sequence[float] = (0.1, 1.0),
+        on_device: bool | str = "auto",
+        device_eval_batch_size: int = 4096,
     ) -> None:
         super().__init__()
+        if on_device not in ("auto", True, False):
+            raise OSRError(
+                f"data.on_device={on_device!r}: use true, false or auto, e.g. data.on_device=auto"
+            )
         mean, std, blur_sigma = plain(mean), plain(std), plain(blur_sigma)
         known_classes = plain(known_classes)
         self.save_hyperparameters(logger=False)
@@ -149,21 +160,29 @@ class ImageDataModule(pl.LightningDataModule):
             x, y = x[keep], y[keep]
         return TensorDataset(x, y)
 
-    def _loader(self, dataset: TensorDataset | None, split: str, train: bool) -> DataLoader:
-        if dataset is None:
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self._splits():
             raise RuntimeError(
                 f"{type(self).__name__} has no {split} split"
                 + (" in its OOD role" if self.is_ood else "; call setup() first")
             )
         trainer = self.trainer
+        device = self._data_device()
+        if self._splits()[split].tensors[0].device != device:
+            self._move_to(device)
+        dataset = self._splits()[split]
+        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
+        if not train and device.type != "cpu":
+            batch_size = max(batch_size, self.hparams.device_eval_batch_size)
         sampler = ShardedBatchSampler(
             len(dataset),
-            self.hparams.batch_size if train else self.hparams.eval_batch_size,
+            batch_size,
             shuffle=train,
             seed=self.hparams.seed,
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             pad=train,
+            device=device,
         )
         options = {
             "sampler": sampler,
@@ -175,25 +194,60 @@ class ImageDataModule(pl.LightningDataModule):
             "generator": torch.Generator().manual_seed(self.hparams.seed),
         }
         if train:
-            return ResumableDataLoader(dataset, batches_done=self._batches_trained, **options)
+            return ResumableDataLoader(
+                dataset,
+                batches_done=self._batches_trained,
+                epoch_batches=lambda: self.trainer.num_training_batches,
+                **options,
+            )
         return DataLoader(dataset, **options)
+
+    def _data_device(self) -> torch.device:
+        """Where batches are drawn: the trainer's accelerator when the data is kept there."""
+        cpu = torch.device("cpu")
+        if self.trainer is None:
+            return cpu
+        device = self.trainer.strategy.root_device
+        if device.type == "cpu" or self.hparams.on_device is False:
+            return cpu
+        if self.hparams.on_device == "auto" and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if self._nbytes() > free / 4:
+                return cpu
+        return device
+
+    def _splits(self) -> dict[str, TensorDataset]:
+        named = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        return {k: v for k, v in {**named, **self.unknown_sets}.items() if v is not None}
+
+    def _nbytes(self) -> int:
+        return sum(t.nbytes for ds in self._splits().values() for t in ds.tensors)
+
+    def _move_to(self, device: torch.device) -> None:
+        """Every split's tensors to ``device``, once (the images stay uint8)."""
+        for name, ds in self._splits().items():
+            moved = TensorDataset(*(t.to(device) for t in ds.tensors))
+            if name in self.unknown_sets:
+                self.unknown_sets[name] = moved
+            else:
+                setattr(self, f"{name}_set", moved)
 
     def _batches_trained(self) -> int:
         """Batches of the current epoch whose optimizer step has been taken."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", train=True)
+        return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val", train=False)
+        return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", train=False)
+        return self._loader("test", train=False)
 
     def unknown_dataloaders(self) -> dict[str, DataLoader]:
         """Loaders of the held-out classes' test images (labelled UNKNOWN), by set name."""
-        return {name: self._loader(ds, name, train=False) for name, ds in self.unknown_sets.items()}
+        return {name: self._loader(name, train=False) for name in self.unknown_sets}
 
     def iterate(self, loader: DataLoader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """An evaluation loader's batches on ``device``, transformed (never augmented)."""

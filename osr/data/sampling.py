@@ -14,7 +14,8 @@ class ShardedBatchSampler(Sampler[Tensor]):
     Shuffling is a function of (seed, epoch), so every rank draws the same order and takes its
     own slice. With ``pad=True`` (training) the order is wrapped around so that every rank gets
     the same number of batches, as ``DistributedSampler`` does; evaluation shards are left
-    uneven and gathered with their true sizes.
+    uneven and gathered with their true sizes. The indices are made on ``device``, where the
+    data lives, so that a dataset resident on a GPU is indexed without a host round trip.
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         num_replicas: int = 1,
         rank: int = 0,
         pad: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -34,6 +36,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.pad = pad
+        self.device = torch.device(device)
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained before a resume
 
@@ -50,7 +53,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
             order = torch.randperm(self.size, generator=g)
         else:
             order = torch.arange(self.size)
-        order = torch.cat([order, order[: self._padded_size - self.size]])
+        order = torch.cat([order, order[: self._padded_size - self.size]]).to(self.device)
         skip, self.skip = self.skip, 0
         yield from order[self.rank :: self.num_replicas].split(self.batch_size)[skip:]
 
@@ -65,19 +68,31 @@ class ResumableDataLoader(DataLoader):
     Lightning saves ``state_dict()`` in every checkpoint and hands it back through
     ``load_state_dict()`` before iterating again. The number of batches already trained comes
     from ``batches_done`` (the trainer's progress), not from the iterator, which Lightning
-    reads one batch ahead.
+    reads one batch ahead; ``epoch_batches`` is how many batches the trainer runs per epoch,
+    fewer than the sampler holds when ``limit_train_batches`` cuts epochs short.
     """
 
-    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        batches_done: Callable[[], int],
+        epoch_batches: Callable[[], int | float],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
+        self.epoch_batches = epoch_batches
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done()}
+        """Where training goes on: the next epoch's start once this epoch has run its batches."""
+        epoch, done = self.sampler.epoch, self.batches_done()
+        if done >= self.epoch_batches():
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         epoch, done = state_dict["epoch"], state_dict["batches_done"]
-        if done >= len(self.sampler):  # saved at the end of an epoch: the next one starts
+        if done >= len(self.sampler):  # a checkpoint written before state_dict moved epochs on
             epoch, done = epoch + 1, 0
         self.sampler.set_epoch(epoch)
         self.sampler.skip = done

@@ -7,11 +7,14 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from osr.errors import NotCalibratedError, OSRError
 from osr.labels import unknown_label
+from osr.resume import load_metric_states, metric_states
+
+TRAIN_METRICS_KEY = "osr_train_metrics"  # checkpoint key of the epoch's accumulated figures
 
 
 class OpenSetModule(pl.LightningModule):
@@ -49,6 +52,7 @@ class OpenSetModule(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run remembers it
+        self._saved_train_metrics: dict[str, Any] | None = None
 
     def _finish_init(self, channels_last: bool) -> None:
         """Called by subclasses once their networks exist."""
@@ -87,18 +91,27 @@ class OpenSetModule(pl.LightningModule):
         values = [thresholds[name] for name in self.score_names]
         self.thresholds.copy_(torch.as_tensor(values, dtype=self.thresholds.dtype))
 
-    def decide(self, logits: Tensor, scores: dict[str, Tensor]) -> Tensor:
-        """Labels in 0..K: UNKNOWN (K) when any voting score exceeds its threshold."""
-        if not self.is_calibrated:
-            raise NotCalibratedError(
-                f"{type(self).__name__} has no thresholds for {list(self.hparams.voting_scores)}"
-                ": calibrate it first (`python -m osr.calibrate ckpt_path=...`, or train with the"
-                " threshold_calibration callback)."
-            )
+    def decide(
+        self,
+        logits: Tensor,
+        scores: dict[str, Tensor],
+        thresholds: dict[str, float | Tensor] | None = None,
+    ) -> Tensor:
+        """Labels in 0..K: UNKNOWN (K) when any voting score exceeds its threshold (the
+        module's calibrated ones unless ``thresholds`` are given)."""
+        if thresholds is None:
+            if not self.is_calibrated:
+                raise NotCalibratedError(
+                    f"{type(self).__name__} has no thresholds for "
+                    f"{list(self.hparams.voting_scores)}: calibrate it first (`python -m "
+                    "osr.calibrate ckpt_path=...`, or train with the threshold_calibration "
+                    "callback)."
+                )
+            thresholds = dict(zip(self.score_names, self.thresholds, strict=True))
         labels = logits.argmax(dim=1)
         rejected = torch.zeros_like(labels, dtype=torch.bool)
-        for name, i in zip(self.hparams.voting_scores, self._voting_indices, strict=True):
-            rejected |= scores[name] > self.thresholds[i]
+        for name in self.hparams.voting_scores:
+            rejected |= scores[name] > thresholds[name]
         return torch.where(rejected, torch.full_like(labels, self.unknown_label), labels)
 
     @torch.no_grad()
@@ -141,8 +154,30 @@ class OpenSetModule(pl.LightningModule):
         metrics = self.train_epoch_metrics()
         self.log("train/acc", metrics.pop("train/acc"), prog_bar=True)
         self.log_dict(metrics)
-        for metric in (self.train_loss, self.train_acc, *self.train_terms.values()):
+        for metric in self._train_metrics().values():
             metric.reset()
+
+    def _train_metrics(self) -> dict[str, Metric]:
+        terms = {f"term/{name}": m for name, m in self.train_terms.items()}
+        return {"loss": self.train_loss, "acc": self.train_acc, **terms}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # kept apart from the state_dict, which evaluate, calibrate and predict load strictly
+        checkpoint[TRAIN_METRICS_KEY] = {
+            "epoch": self.current_epoch,
+            "states": metric_states(self._train_metrics()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._saved_train_metrics = checkpoint.get(TRAIN_METRICS_KEY)
+
+    def on_train_start(self) -> None:
+        """Continue the resumed epoch's training figures. Lightning resumes a checkpoint saved
+        at an epoch's last batch in the next epoch, skipping that epoch's end: then the saved
+        figures belong to an epoch that is over and are dropped."""
+        saved, self._saved_train_metrics = self._saved_train_metrics, None
+        if saved and saved["epoch"] == self.current_epoch and self.trainer.is_global_zero:
+            load_metric_states(self._train_metrics(), saved["states"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
