@@ -52,7 +52,8 @@ def separation(known: Tensor, ood: Tensor) -> dict[str, float]:
 def open_set_metrics(
     outputs: dict[str, SetOutputs], known_set: str, num_classes: int, thresholds: dict[str, float]
 ) -> dict[str, object]:
-    """The ``metrics.json`` contract (see docs): flat keys, fractions in [0, 1]."""
+    """The ``metrics.json`` contract (see README): flat keys; fractions in [0, 1] except the
+    thresholds (in each score's units), the image counts and the confusion matrix."""
     unknown = num_classes
     known = outputs[known_set]
     ood_sets = {name: out for name, out in outputs.items() if name != known_set}

@@ -26,7 +26,8 @@ from osr.io import write_text
 from osr.labels import UNKNOWN_NAME
 
 log = logging.getLogger("osr.predict")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# what a file starts with, not its name, says whether it is a PNG or a JPEG
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
 @dataclass
@@ -36,12 +37,13 @@ class Skipped:
 
 
 def find_images(inputs: str) -> list[Path]:
-    """An image file, every PNG/JPEG below a folder, or the files a glob matches."""
+    """An image file, every file below a folder, or the files a glob matches; which of them
+    are PNG or JPEG images is for ``load_images`` to find out."""
     path = Path(inputs).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files:
@@ -52,22 +54,33 @@ def find_images(inputs: str) -> list[Path]:
     return files
 
 
+class NotAnImage(ValueError):
+    """The file is not a PNG or a JPEG (torchvision would also decode GIF and WebP)."""
+
+
 def load_image(path: Path, channels: int) -> Tensor:
-    """One image file as uint8 (C,28,28): decoded, converted to gray (or RGB), resized."""
+    """One PNG or JPEG file as uint8 (C,28,28): decoded, converted to gray (or RGB), resized."""
+    data = path.read_bytes()
+    if not data.startswith(IMAGE_SIGNATURES):
+        raise NotAnImage("not a PNG or JPEG file")
     mode = torchvision.io.ImageReadMode.GRAY if channels == 1 else torchvision.io.ImageReadMode.RGB
-    image = torchvision.io.decode_image(torchvision.io.read_file(str(path)), mode=mode)
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    image = torchvision.io.decode_image(encoded, mode=mode)
     if min(image.shape[-2:]) == 0:
         raise ValueError("the image is empty")
     return TF.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
 
 
 def load_images(paths: list[Path], channels: int) -> tuple[list[Path], Tensor, list[Skipped]]:
+    """The PNG and JPEG images among ``paths``, and every other file with why it was skipped."""
     kept, images, skipped = [], [], []
     for path in paths:
         try:
             images.append(load_image(path, channels))
             kept.append(path)
-        except (RuntimeError, ValueError) as e:
+        except NotAnImage as e:
+            skipped.append(Skipped(path, str(e)))
+        except (OSError, RuntimeError, ValueError) as e:
             # torchvision prefixes its C++ source location; keep the sentence
             reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", " ".join(str(e).split())) or type(e).__name__
             skipped.append(Skipped(path, f"not a readable PNG/JPEG image ({reason})"))
@@ -90,6 +103,11 @@ def predict(cfg: DictConfig) -> Path:
     paths, images, skipped = load_images(find_images(cfg.inputs), channels)
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
+    if not paths:
+        raise OSRError(
+            f"inputs={cfg.inputs}: none of its {len(skipped)} files is a readable PNG or JPEG "
+            "image (each is named above). Pass PNG or JPEG images."
+        )
 
     names = [*module.hparams.class_names, UNKNOWN_NAME]
     thresholds = module.threshold_dict()
@@ -117,7 +135,7 @@ def predict(cfg: DictConfig) -> Path:
     unknown = int(counts[-1])
     summary = (
         f"predicted {len(paths)} images: {len(paths) - unknown} known, {unknown} unknown; "
-        f"{len(skipped)} unreadable files skipped -> {output}"
+        f"{len(skipped)} files skipped (not readable PNG/JPEG images) -> {output}"
     )
     log.info(summary)
     return output

@@ -3,13 +3,14 @@
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
 from sklearn.manifold import TSNE
 
 from osr import plots
 from osr.evaluation import Evaluation
-from osr.io import write_json, write_text
+from osr.io import atomic_write, write_json, write_text
 from osr.modules.open_set import OpenSetModule
 from osr.scores import otsu_binarize
 
@@ -179,6 +180,19 @@ def publish(
         logger.save()
 
 
+def write_scores(path: str | Path, evaluation: Evaluation) -> Path:
+    """Every evaluated image's scores, logits, label and decision, by set, in one ``.npz``
+    (keys ``<set>.labels``, ``<set>.predictions``, ``<set>.logits``, ``<set>.scores.<score>``),
+    so that metrics.json can be recomputed or extended without running the model again."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, out in evaluation.outputs.items():
+        arrays[f"{name}.labels"] = out.labels.numpy()
+        arrays[f"{name}.predictions"] = out.predictions.numpy()
+        arrays[f"{name}.logits"] = out.logits.numpy()
+        arrays.update({f"{name}.scores.{s}": v.numpy() for s, v in out.scores.items()})
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
 def write_results(
     run_dir: str | Path,
     evaluation: Evaluation,
@@ -190,13 +204,15 @@ def write_results(
     tsne_points: int = 3000,
     recon_examples: int = 8,
 ) -> dict[str, Path]:
-    """Write metrics.json, plots/*.png and report.md to ``run_dir`` and publish to loggers."""
+    """Write metrics.json, scores.npz, plots/*.png and report.md to ``run_dir`` and publish
+    to loggers."""
     run_dir = Path(run_dir)
     plot_paths = make_plots(
         evaluation, module, history, run_dir / "plots", seed, tsne_points, recon_examples
     )
     metrics = evaluation.metrics
     write_json(run_dir / "metrics.json", metrics)
+    write_scores(run_dir / "scores.npz", evaluation)
     write_text(run_dir / "report.md", render_report(metrics, evaluation, info, plot_paths, run_dir))
     publish(loggers, metrics, separation_rows(metrics, evaluation), plot_paths)
     return plot_paths

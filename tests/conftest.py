@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
@@ -46,12 +47,27 @@ def digit_like(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images.astype(np.uint8)
 
 
-def write_idx_dataset(root: Path, name: str, seed: int) -> None:
+def clothing_like(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8 images unlike ``digit_like``: a large filled ellipse of mid-grey texture
+    (its width grows with the label) on a dark noisy background."""
+    n = len(labels)
+    rows, cols = np.mgrid[0:28, 0:28]
+    centre_row, centre_col = rng.uniform(11, 17, size=(2, n, 1, 1))
+    half_height = rng.uniform(8, 12, size=(n, 1, 1))
+    half_width = 5 + 0.6 * labels[:, None, None] + rng.uniform(0, 1, size=(n, 1, 1))
+    inside = ((rows - centre_row) / half_height) ** 2 + ((cols - centre_col) / half_width) ** 2
+    texture = rng.integers(90, 230, size=(n, 28, 28))
+    return np.where(inside <= 1, texture, rng.integers(0, 40, size=(n, 28, 28))).astype(np.uint8)
+
+
+def write_idx_dataset(
+    root: Path, name: str, seed: int, draw: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+) -> None:
     rng = np.random.default_rng(seed)
     for prefix, n in (("train", TINY_TRAIN), ("t10k", TINY_TEST)):
         labels = np.arange(n) % 10
         rng.shuffle(labels)
-        write_idx(root / name / "raw" / f"{prefix}-images-idx3-ubyte", digit_like(labels, rng))
+        write_idx(root / name / "raw" / f"{prefix}-images-idx3-ubyte", draw(labels, rng))
         write_idx(root / name / "raw" / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
 
 
@@ -69,10 +85,11 @@ def write_image_folder(folder: Path, classes: list[str], per_class: int, seed: i
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory in torchvision's layout with small MNIST, FashionMNIST and CIFAR10."""
+    """A data directory in torchvision's layout with small MNIST, FashionMNIST and CIFAR10,
+    each drawn differently so that a trained model can tell the OOD sets from the digits."""
     root = tmp_path_factory.mktemp("data")
-    write_idx_dataset(root, "MNIST", seed=0)
-    write_idx_dataset(root, "FashionMNIST", seed=1)
+    write_idx_dataset(root, "MNIST", seed=0, draw=digit_like)
+    write_idx_dataset(root, "FashionMNIST", seed=1, draw=clothing_like)
     write_image_folder(root / "CIFAR10" / "test", CIFAR_CLASSES, per_class=6, seed=2)
     return root
 
@@ -98,8 +115,28 @@ TINY_TRAINING = [
 ]
 
 
+# whether the running test carries @pytest.mark.slow (set by ``slow_marker_is_honest``)
+RUNNING_SLOW_TEST = {"marked": True}
+
+
+@pytest.fixture(autouse=True)
+def slow_marker_is_honest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test without the slow marker fails as soon as it fits a model or starts osr.train,
+    so ``pytest -m "not slow"`` stays a quick loop."""
+    marked = request.node.get_closest_marker("slow") is not None
+    monkeypatch.setitem(RUNNING_SLOW_TEST, "marked", marked)
+    if not marked:
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            pytest.fail(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(pl.Trainer, "fit", refuse)
+
+
 def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from the repository, as a user runs it."""
+    if module == "osr.train" and not RUNNING_SLOW_TEST["marked"]:
+        pytest.fail("this test starts osr.train: mark it @pytest.mark.slow")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -6,6 +6,7 @@ import signal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from torch import Tensor
 
 
 class KillAtStep(Callback):
@@ -53,3 +54,18 @@ class StepLosses(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         self.steps.append((trainer.current_epoch, float(outputs["loss"]), len(batch[1])))
+
+
+class WeightsPerEpoch(Callback):
+    """Copies of the module's weights and its val/acc at the end of every validation epoch."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, Tensor]] = {}
+        self.val_acc: dict[int, float] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        state = pl_module.state_dict()
+        self.weights[trainer.current_epoch] = {k: v.detach().clone() for k, v in state.items()}
+        self.val_acc[trainer.current_epoch] = float(trainer.callback_metrics["val/acc"])

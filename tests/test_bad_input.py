@@ -98,6 +98,7 @@ def trained(train_cfg, tmp_path) -> Path:
     return tmp_path / "run" / "checkpoints"
 
 
+@pytest.mark.slow
 def test_truncated_and_foreign_checkpoints_are_refused(trained, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((trained / "best.ckpt").read_bytes()[:20000])
@@ -133,6 +134,7 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resuming_with_the_other_model_type(trained, tiny_data, tmp_path):
     done = run_module(
         "osr.train",
@@ -149,6 +151,7 @@ def test_resuming_with_the_other_model_type(trained, tiny_data, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_uncalibrated_checkpoint_cannot_be_evaluated_or_used_to_predict(
     train_cfg, tmp_path, tiny_data
 ):
@@ -177,12 +180,14 @@ def test_uncalibrated_checkpoint_cannot_be_evaluated_or_used_to_predict(
     assert not (tmp_path / "p" / "predictions.csv").exists()
 
 
+@pytest.mark.slow
 def test_unknown_config_group_value_lists_the_options():
     done = run_module("osr.train", "model=resnet")
     assert done.returncode != 0
     assert "Could not find 'model/resnet'" in done.stderr and "baseline" in done.stderr
 
 
+@pytest.mark.slow
 def test_loss_blowing_up_stops_with_the_step(train_cfg):
     from osr.errors import OSRError
 
@@ -191,6 +196,7 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
         train(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "words"),
     [

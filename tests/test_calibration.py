@@ -59,6 +59,7 @@ def tiny_run(train_cfg, *overrides):
     return train(train_cfg(*TINY_TRAINING, *overrides))
 
 
+@pytest.mark.slow
 def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     _, objects = tiny_run(train_cfg, "model=mlae")
     module = objects["model"]
@@ -173,6 +174,7 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
     assert "- **calibration**: q=0.9 (Quantile)" in (tmp_path / "ev/report.md").read_text()
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_fit_the_same_thresholds_as_one(train_cfg, tmp_path, tiny_data):
     tiny_run(train_cfg, "model=mlae", "data.val_size=101")  # odd size: uneven shards
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"

@@ -10,6 +10,7 @@ from osr.data import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from osr.data.sampling import ShardedBatchSampler
 from osr.data.transforms import BatchTransform, gaussian_blur
 from osr.errors import DatasetNotFoundError
+from osr.evaluation import ood_datamodules
 from tests.conftest import MIRROR, TINY_TEST, TINY_TRAIN, needs_mirror
 
 MNIST_STATS = {"mean": 0.13, "std": 0.31}
@@ -72,6 +73,7 @@ class RecordingMNIST(MNISTDataModule):
         return out
 
 
+@pytest.mark.slow
 def test_val_and_test_batches_are_never_blurred(train_cfg):
     """Through the real Trainer: validation and test batches equal plain normalization."""
     from osr.train import train
@@ -154,11 +156,20 @@ def test_cifar_image_folder_becomes_grayscale_28x28(tiny_data):
     assert torch.allclose(in_dist, expected, atol=1e-5)
 
 
-def test_test_limit_takes_a_seeded_subset(tiny_data):
-    a = FashionMNISTDataModule(str(tiny_data), 0.286, 0.353, unknown_label=10, test_limit=50)
-    b = FashionMNISTDataModule(str(tiny_data), 0.286, 0.353, unknown_label=10, test_limit=50)
-    a.setup(), b.setup()
-    assert len(a.test_set) == 50 and torch.equal(a.test_set.tensors[0], b.test_set.tensors[0])
+def test_ood_limit_takes_a_subset_drawn_with_the_runs_seed(train_cfg):
+    def subset(seed: int) -> torch.Tensor:
+        cfg = train_cfg("ood.limit=50", f"seed={seed}")
+        oods = ood_datamodules(cfg.ood, instantiate(cfg.data))
+        oods["fashion_mnist"].setup("test")
+        return oods["fashion_mnist"].test_set.tensors[0]
+
+    first, again, other = subset(1), subset(1), subset(2)
+    assert len(first) == 50 and torch.equal(first, again)
+    assert not torch.equal(first, other)
+    whole = FashionMNISTDataModule(train_cfg().data.data_dir, 0.286, 0.353, unknown_label=10)
+    whole.setup("test")
+    rows = {bytes(r) for r in whole.test_set.tensors[0].flatten(1).numpy()}
+    assert all(bytes(r) in rows for r in other.flatten(1).numpy())
 
 
 @pytest.mark.parametrize(

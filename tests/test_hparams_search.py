@@ -27,6 +27,7 @@ def sweep(tiny_data: Path, sweep_dir: Path, *overrides: str) -> subprocess.Compl
     )
 
 
+@pytest.mark.slow
 def test_optuna_sweep_runs_two_trials_and_reports_the_best(tiny_data, tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = sweep(
@@ -61,6 +62,7 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best(tiny_data, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_an_objective_the_run_does_not_produce_is_named(tiny_data, tmp_path):
     done = sweep(
         tiny_data, tmp_path / "sweep", "hydra.sweeper.n_trials=1", "optimized_metric=val/nope"

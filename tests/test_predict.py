@@ -9,6 +9,7 @@ from PIL import Image
 
 from osr.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.data import MNISTDataModule
+from osr.predict import find_images, load_images
 from osr.train import train
 from tests.conftest import TINY_TRAINING, run_module
 
@@ -42,18 +43,54 @@ def images(tiny_data, tmp_path) -> tuple[Path, torch.Tensor]:
     return folder, digits
 
 
+@pytest.fixture
+def mixed_files(tmp_path) -> Path:
+    """Two real images among files that torchvision would decode (GIF, WebP, a GIF named
+    .png) or not (text, a broken PNG)."""
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    pixels = torch.randint(0, 255, (3, 20, 20), dtype=torch.uint8)
+    torchvision.io.write_png(pixels, str(folder / "a.png"))
+    torchvision.io.write_jpeg(pixels, str(folder / "sub" / "b.jpeg"))
+    picture = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    picture.save(folder / "c.gif")
+    picture.save(folder / "d.webp")
+    picture.save(folder / "gif_named.png", format="GIF")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    return folder
+
+
+SKIPPED = {"c.gif", "d.webp", "gif_named.png", "notes.txt", "broken.png"}
+
+
+@pytest.mark.parametrize("pattern", ["{folder}", "{folder}/**/*"], ids=["folder", "glob"])
+def test_only_png_and_jpeg_are_read_and_every_other_file_is_counted(mixed_files, pattern):
+    paths = find_images(pattern.format(folder=mixed_files))
+    kept, images, skipped = load_images(paths, channels=1)
+    assert [p.name for p in kept] == ["a.png", "b.jpeg"]
+    assert images.shape == (2, 1, 28, 28)
+    assert {s.path.name for s in skipped} == SKIPPED
+    reasons = {s.path.name: s.reason for s in skipped}
+    for name in ("c.gif", "d.webp", "gif_named.png", "notes.txt"):
+        assert reasons[name] == "not a PNG or JPEG file", name
+    assert reasons["broken.png"].startswith("not a readable PNG/JPEG image (")
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predicts_every_readable_image_and_skips_the_rest(checkpoint, images, tmp_path):
     folder, digits = images
     done = predict(f"ckpt_path={checkpoint}", f"inputs={folder}", f"hydra.run.dir={tmp_path / 'p'}")
     assert done.returncode == 0, done.stderr[-2000:]
     log = done.stdout + done.stderr
-    assert "predicted 7 images" in log and "1 unreadable files skipped" in log
-    assert "broken.png" in log
+    assert "predicted 7 images" in log and "2 files skipped" in log
+    assert "skipped " + str(folder / "broken.png") in log
+    assert "skipped " + str(folder / "notes.txt") in log
     rows = read_rows(tmp_path / "p" / "predictions.csv")
     assert [Path(r["path"]).name for r in rows] == [
         "digit0.png",
@@ -74,6 +111,7 @@ def test_predicts_every_readable_image_and_skips_the_rest(checkpoint, images, tm
         float(rows[0][score])
 
 
+@pytest.mark.slow
 def test_single_file_glob_and_output_path(checkpoint, images, tmp_path):
     folder, _ = images
     out = tmp_path / "one.csv"
@@ -93,6 +131,7 @@ def test_single_file_glob_and_output_path(checkpoint, images, tmp_path):
     assert len(read_rows(tmp_path / "p2" / "predictions.csv")) == 2
 
 
+@pytest.mark.slow
 def test_no_images_is_a_clear_error(checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     done = predict(
@@ -100,3 +139,10 @@ def test_no_images_is_a_clear_error(checkpoint, tmp_path):
     )
     assert done.returncode == 2
     assert "no PNG or JPEG images found" in done.stderr
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    done = predict(
+        f"ckpt_path={checkpoint}", f"inputs={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'q'}"
+    )
+    assert done.returncode == 2
+    assert "none of its 1 files is a readable PNG or JPEG image" in done.stderr
+    assert not (tmp_path / "q" / "predictions.csv").exists()

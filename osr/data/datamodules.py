@@ -28,12 +28,13 @@ class ImageDataModule(pl.LightningDataModule):
         data_dir: where the dataset lies (or is downloaded to) in torchvision's layout.
         mean, std: normalization statistics (1 value, or 3 for RGB normalized before grayscale).
         val_size: images of the official training set held out for validation.
-        seed: draws the train/val split and the shuffling order.
+        seed: draws the train/val split, the shuffling order and the ``test_limit`` subset.
         known_classes: class indices kept as known, relabelled 0..K-1 in this order; the
             others' test images become the OOD set ``<name>_unknown``. None keeps all.
         unknown_label: set to use the module as an OOD set: only its test split is loaded and
             every label becomes this value.
-        test_limit: at most this many test images (a seeded random subset), None for all.
+        test_limit: at most this many test images (a random subset drawn with ``seed``), None
+            for all.
         download: try torchvision's download when the files are missing.
         on_device: keep the uint8 tensors on the trainer's accelerator (moved once) and draw
             the index batches there: true, false, or auto (when they take under a quarter of
@@ -154,7 +155,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _limited(self, x: Tensor, y: Tensor) -> TensorDataset:
         limit = self.hparams.test_limit
         if limit is not None and limit < len(y):
-            g = torch.Generator().manual_seed(0)
+            g = torch.Generator().manual_seed(self.hparams.seed)
             keep = torch.randperm(len(y), generator=g)[:limit].sort().values
             x, y = x[keep], y[keep]
         return TensorDataset(x, y)
