@@ -42,7 +42,11 @@ def ood_datamodules(
         stats = {"mean": known.hparams.mean, "std": known.hparams.std}
     oods = {
         name: instantiate(
-            set_cfg, unknown_label=known.num_classes, test_limit=ood_cfg.get("limit"), **stats
+            set_cfg,
+            unknown_label=known.num_classes,
+            test_limit=ood_cfg.get("limit"),
+            seed=known.hparams.seed,  # the run's: osr.evaluate draws the same ood.limit subsets
+            **stats,
         )
         for name, set_cfg in (ood_cfg.get("sets") or {}).items()
     }

@@ -157,15 +157,18 @@ def test_cifar_image_folder_becomes_grayscale_28x28(tiny_data):
 
 
 def test_ood_limit_takes_a_subset_drawn_with_the_runs_seed(train_cfg):
-    def subset(seed: int) -> torch.Tensor:
-        cfg = train_cfg("ood.limit=50", f"seed={seed}")
-        oods = ood_datamodules(cfg.ood, instantiate(cfg.data))
+    def subset(seed: int, evaluate_seed: int | None = None) -> torch.Tensor:
+        known = instantiate(train_cfg(f"seed={seed}").data)
+        # osr.evaluate composes the OOD sets under its own seed: the run's seed must win
+        cfg = train_cfg("ood.limit=50", f"seed={evaluate_seed or seed}")
+        oods = ood_datamodules(cfg.ood, known)
         oods["fashion_mnist"].setup("test")
         return oods["fashion_mnist"].test_set.tensors[0]
 
     first, again, other = subset(1), subset(1), subset(2)
     assert len(first) == 50 and torch.equal(first, again)
     assert not torch.equal(first, other)
+    assert torch.equal(subset(1, evaluate_seed=12345), first)
     whole = FashionMNISTDataModule(train_cfg().data.data_dir, 0.286, 0.353, unknown_label=10)
     whole.setup("test")
     rows = {bytes(r) for r in whole.test_set.tensors[0].flatten(1).numpy()}
