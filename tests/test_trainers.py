@@ -31,17 +31,15 @@ def test_ddp_config_builds_a_two_process_ddp_trainer(tmp_path):
     assert not trainer._accelerator_connector.use_distributed_sampler
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_gpu_config_asks_lightning_for_a_gpu(tmp_path):
-    """Without a GPU, Lightning's own refusal: a config that asked for something else (or
-    for nothing Lightning knows) would fail differently."""
-    with pytest.raises(InstantiationException, match="No supported gpu backend found"):
-        build_trainer(tmp_path, "trainer=gpu")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_config_builds_a_one_gpu_trainer(tmp_path):
+def test_gpu_config_builds_a_one_gpu_trainer_or_gets_lightnings_refusal(tmp_path):
+    """With a GPU, a one-GPU trainer in bf16. Without one, Lightning's own refusal: a config
+    that asked for something else (or for nothing Lightning knows) would fail differently."""
+    if not torch.cuda.is_available():
+        with pytest.raises(InstantiationException, match="No supported gpu backend found"):
+            build_trainer(tmp_path, "trainer=gpu")
+        return
     trainer = build_trainer(tmp_path, "trainer=gpu")
     assert isinstance(trainer.accelerator, CUDAAccelerator)
     assert isinstance(trainer.strategy, SingleDeviceStrategy)
     assert trainer.num_devices == 1 and trainer.strategy.root_device.type == "cuda"
+    assert trainer.precision == "bf16-mixed"
