@@ -396,6 +396,11 @@ def test_model_outputs_keep_subset_and_cat():
 
 
 # --- bad input --------------------------------------------------------------------------------
+def test_a_null_entry_drops_a_detector():
+    names = list(build_detectors(compose_train("detectors.knn=null").detectors))
+    assert names == [n for n in ALL if n != "knn"]
+
+
 def test_unknown_detector_names_are_listed():
     with pytest.raises(
         OSRError,
