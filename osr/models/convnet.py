@@ -13,7 +13,8 @@ def conv_output_side(side: int, kernel_size: int, padding: int) -> int:
 class ConvNet(nn.Module):
     """Two conv blocks (conv, ReLU, 2x2 max-pool, Dropout2d) and two fully connected layers.
 
-    Unlike the notebook, whose dropout outputs were discarded, dropout is applied.
+    Unlike the notebook, whose dropout outputs were discarded, dropout is applied. In eval
+    mode ``head(features(x))`` equals ``forward(x)`` (dropout is then the identity).
     """
 
     def __init__(
@@ -40,9 +41,21 @@ class ConvNet(nn.Module):
         self.fc1_dropout = nn.Dropout(fc1_dropout)
         self.fc2_dropout = nn.Dropout(fc2_dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate activations (B, hidden): what ``head`` turns into logits.
+
+        Feature-based detectors (Mahalanobis, KNN, ViM, ...) read these.
+        """
         x = self.conv_dropout(F.max_pool2d(F.relu(self.conv1(x)), 2))
         x = self.conv_dropout(F.max_pool2d(F.relu(self.conv2(x)), 2))
         x = self.fc1_dropout(torch.flatten(x, 1))
-        x = self.fc2_dropout(F.relu(self.fc1(x)))
-        return self.fc2(x)
+        return F.relu(self.fc1(x))
+
+    @property
+    def head(self) -> nn.Linear:
+        """The last layer, features -> logits. A property, not a second registered name for
+        ``fc2``, so state_dict keys stay those of older checkpoints."""
+        return self.fc2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.fc2_dropout(self.features(x)))

@@ -1,10 +1,13 @@
 """The notebook's ML_Autoencoder: an autoencoder trained jointly with a classifier head."""
 
+from collections.abc import Collection
+
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
 
 from osr.config import plain
+from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
 from osr.scores import CLASSIFIER_SCORES, RECONSTRUCTION_SCORES
 
@@ -18,6 +21,7 @@ class AutoencoderClassifier(OpenSetModule):
 
     score_names = (*RECONSTRUCTION_SCORES, *CLASSIFIER_SCORES)
     loss_terms = ("rec_mse",)
+    provides = frozenset({"images", "logits", "features", "recon", "head", "classify"})
 
     def __init__(
         self,
@@ -50,6 +54,22 @@ class AutoencoderClassifier(OpenSetModule):
     def encode(self, x: Tensor) -> Tensor:
         """The autoencoder's latent vector of each image."""
         return self.autoencoder.encoder(x)[0]
+
+    def model_outputs(self, x: Tensor, needs: Collection[str] | None = None) -> ModelOutputs:
+        """What detectors read, from one pass of each network: the reconstruction, and the
+        classifier's penultimate features, last layer and logits (see
+        ``Classifier.model_outputs``; eval mode). The autoencoder runs only when ``needs``
+        (default: everything) holds ``recon``: fitting on the training split seldom does."""
+        features = self.classifier.features(x)
+        head = self.classifier.head
+        return ModelOutputs(
+            logits=head(features),
+            features=features,
+            images=x,
+            recon=self.autoencoder(x) if needs is None or "recon" in needs else None,
+            head=head,
+            classify=self.classifier,
+        )
 
     def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         recon, logits = self(x)

@@ -1,10 +1,13 @@
 """The baseline: any classifier network trained with cross-entropy."""
 
+from collections.abc import Collection
+
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
 
 from osr.config import plain
+from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
 from osr.scores import CLASSIFIER_SCORES
 
@@ -13,6 +16,7 @@ class Classifier(OpenSetModule):
     """Scores from the logits alone (``msp``, ``max_logit``, ``energy``)."""
 
     score_names = tuple(CLASSIFIER_SCORES)
+    provides = frozenset({"images", "logits", "features", "head", "classify"})
 
     def __init__(
         self,
@@ -32,6 +36,18 @@ class Classifier(OpenSetModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def model_outputs(self, x: Tensor, needs: Collection[str] | None = None) -> ModelOutputs:
+        """What detectors read, from one pass: the network (``model.net``) must provide
+        ``features(x)`` (penultimate activations) and ``head`` (the last ``nn.Linear``), as
+        ``ConvNet`` does. Call it in eval mode, where ``head(features)`` is ``forward``.
+        ``needs`` is accepted for symmetry with the autoencoder-classifier: one pass gives
+        everything here."""
+        features = self.net.features(x)
+        head = self.net.head
+        return ModelOutputs(
+            logits=head(features), features=features, images=x, head=head, classify=self.net
+        )
 
     def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self(x)

@@ -1,0 +1,46 @@
+"""The five scores osr had before detectors, under the same names and with the same values
+(each calls its function in ``osr.scores``)."""
+
+from torch import Tensor
+
+from osr import scores
+from osr.detectors.base import Detector, ModelOutputs
+
+
+class MSP(Detector):
+    """1 - maximum softmax probability."""
+
+    def _score(self, outputs: ModelOutputs) -> Tensor:
+        return scores.msp(outputs.logits)
+
+
+class MaxLogit(Detector):
+    """Negative maximum logit."""
+
+    def _score(self, outputs: ModelOutputs) -> Tensor:
+        return scores.max_logit(outputs.logits)
+
+
+class Energy(Detector):
+    """Negative free energy, -logsumexp of the logits."""
+
+    def _score(self, outputs: ModelOutputs) -> Tensor:
+        return scores.energy(outputs.logits)
+
+
+class ReconL2(Detector):
+    """L2 norm of the reconstruction error."""
+
+    needs = frozenset({"images", "recon"})
+
+    def _score(self, outputs: ModelOutputs) -> Tensor:
+        return scores.recon_l2(outputs.images, outputs.recon)
+
+
+class BinaryDiff(Detector):
+    """Pixels whose Otsu binarization differs between the image and its reconstruction."""
+
+    needs = frozenset({"images", "recon"})
+
+    def _score(self, outputs: ModelOutputs) -> Tensor:
+        return scores.binary_diff(outputs.images, outputs.recon)
