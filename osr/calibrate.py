@@ -2,15 +2,17 @@
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from osr.calibration import ThresholdCalibration
 from osr.checkpoints import (
     CONFIG_KEY,
+    cpu_tensors,
     datamodule_from_checkpoint,
     module_from_checkpoint,
     read_checkpoint,
@@ -22,9 +24,18 @@ log = logging.getLogger("osr.calibrate")
 
 
 def calibrate_checkpoint(cfg: DictConfig) -> Path:
-    """Calibrate ``cfg.ckpt_path`` and write the result to the run directory."""
+    """Calibrate ``cfg.ckpt_path`` and write the result to the run directory.
+
+    The checkpoint's fitted detectors are kept as they are; ``detectors=...`` replaces its
+    detector set, and every detector of the new set that needs it is fitted on the
+    checkpoint's training split.
+    """
     ckpt = read_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(ckpt)
+    if cfg.get("detectors") is not None:
+        detectors = detectors_config(cfg.detectors, ckpt[CONFIG_KEY])
+        module.replace_detectors(detectors)
+        ckpt[CONFIG_KEY]["detectors"] = detectors
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
     callback = ThresholdCalibration(
         instantiate(cfg.calibration), cfg.paths.output_dir, checkpoint=str(cfg.ckpt_path)
@@ -35,11 +46,20 @@ def calibrate_checkpoint(cfg: DictConfig) -> Path:
     trainer.validate(module, datamodule=datamodule, verbose=False)
     out = Path(cfg.paths.output_dir) / "checkpoints" / "calibrated.ckpt"
     if trainer.is_global_zero:
-        ckpt["state_dict"]["thresholds"] = module.thresholds.detach().cpu().clone()
+        ckpt["state_dict"].pop("thresholds", None)
+        ckpt.update(cpu_tensors(module.open_set_state()))
         ckpt[CONFIG_KEY]["calibration"] = to_plain(cfg.calibration)  # the rule now in force
         save_checkpoint(ckpt, out)
         log.info("thresholds %s -> %s", module.threshold_dict(), out)
     return out
+
+
+def detectors_config(detectors: DictConfig, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The ``detectors`` config resolved against the checkpoint's run (``${data.std}``...)."""
+    merged = OmegaConf.create(
+        {**run_config, "detectors": OmegaConf.to_container(detectors, resolve=False)}
+    )
+    return to_plain(merged.detectors)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")

@@ -1,13 +1,14 @@
-"""Fitting per-score thresholds on the validation split after fit.
+"""After fit: detectors fitted on the training split, then thresholds on the validation split.
 
 Threshold rules are plain objects (``fit(scores) -> threshold``); the ``ThresholdCalibration``
-callback runs the best weights over the validation split, gathers the scores of every rank,
-fits one threshold per score and stores them in the module's ``thresholds`` buffer and in
-the run's checkpoints that hold those weights.
+callback takes the best weights, fits the detectors that need it on the known training
+split, runs the validation split, gathers the scores of every rank, fits one threshold per
+detector and stores thresholds and fitted detectors in the module and in the run's
+checkpoints that hold those weights.
 """
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from osr.checkpoints import restore_best_weights, write_thresholds
 from osr.data.datamodules import ImageDataModule
+from osr.detectors import ModelOutputs, fit_needs
 from osr.distributed import gather_cat
 from osr.errors import OSRError
 from osr.io import write_json
@@ -62,12 +64,18 @@ class Quantile:
         return torch.quantile(scores.double(), self.q).item()
 
 
-@torch.inference_mode()
+def _in_dataset_order(loader: DataLoader, device: torch.device) -> Tensor:
+    """The permutation that puts outputs gathered from every rank back in dataset order (each
+    rank ran its own shard of ``loader``, ``ShardedBatchSampler``)."""
+    return gather_cat(torch.cat(list(loader.sampler)).to(device)).argsort()
+
+
+@torch.no_grad()  # not inference_mode: input-gradient detectors (ODIN) turn gradients on
 def collect_scores(
     module: OpenSetModule, datamodule: ImageDataModule, loader: DataLoader
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Scores, logits and labels of every image of ``loader``, gathered from all ranks and put
-    back in dataset order (each rank scores its own shard, ``ShardedBatchSampler``)."""
+    """Scores of every detector, logits and labels of every image of ``loader``, gathered from
+    all ranks, in dataset order."""
     was_training = module.training
     module.eval()
     scores: dict[str, list[Tensor]] = {name: [] for name in module.score_names}
@@ -79,13 +87,41 @@ def collect_scores(
         logits.append(batch_logits)
         labels.append(y)
     module.train(was_training)
-    positions = torch.cat(list(loader.sampler)).to(module.device)
-    order = gather_cat(positions).argsort()
+    order = _in_dataset_order(loader, module.device)
     return (
         {name: gather_cat(torch.cat(values))[order] for name, values in scores.items()},
         gather_cat(torch.cat(logits))[order],
         gather_cat(torch.cat(labels))[order],
     )
+
+
+@torch.no_grad()
+def fit_detectors(module: OpenSetModule, datamodule: ImageDataModule) -> list[str]:
+    """Fit the module's detectors that need it and are not fitted yet on the known TRAINING
+    split (never validation, test or OOD data), gathered from all ranks; returns their names.
+    Only what fitting needs of each batch is kept (``fit_needs``)."""
+    to_fit = {n: d for n, d in module.detectors.items() if d.requires_fit and not d.is_fitted}
+    if not to_fit:
+        return []
+    needs = fit_needs(to_fit)
+    loader = datamodule.train_eval_dataloader()
+    was_training = module.training
+    module.eval()
+    parts = [
+        replace(module.model_outputs(x, needs).keep(needs), labels=y)
+        for x, y in datamodule.iterate(loader, module.device)
+    ]
+    module.train(was_training)
+    order = _in_dataset_order(loader, module.device)
+    outputs = ModelOutputs.cat(parts)
+    gathered = {
+        name: gather_cat(getattr(outputs, name))[order]
+        for name in ("logits", "features", "images", "recon", "labels")
+        if getattr(outputs, name) is not None
+    }
+    for detector in to_fit.values():
+        detector.fit(replace(outputs, **gathered))
+    return list(to_fit)
 
 
 def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, dict[str, float]]:
@@ -133,12 +169,14 @@ def calibrate(
     need no OOD data, so a hyperparameter search may select on them without a threshold that
     only fits its own data looking good.
     """
+    newly_fitted = fit_detectors(module, datamodule)
     scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
     fitted = fit_thresholds(scores, rule)
     module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
     decisions = cross_fitted_decisions(module, rule, logits, scores)
     return {
         "rule": asdict(rule),
+        "detectors_fitted": {"split": f"{datamodule.name} train", "names": newly_fitted},
         "voting_scores": list(module.hparams.voting_scores),
         "split": f"{datamodule.name} val",
         "scores": fitted,

@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
+from torch import Tensor
 
 from osr.config import plain
 from osr.errors import CheckpointError
@@ -50,14 +51,14 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_thresholds(path: str | Path, module: pl.LightningModule) -> bool:
-    """Store ``module``'s calibrated thresholds in the checkpoint at ``path`` if it holds the
-    weights they were fitted on; returns whether it did.
+    """Store ``module``'s calibrated thresholds and fitted detectors in the checkpoint at
+    ``path`` if it holds the weights they were fitted on; returns whether it did.
 
     Thresholds fitted on one set of weights mean nothing for another: a ``last.ckpt`` from a
-    later epoch than the best weights keeps no thresholds (and must be calibrated on its own).
+    later epoch than the best weights keeps none (and must be calibrated on its own).
     """
     ckpt = read_checkpoint(path)
-    saved_names = module.state_dict().keys() - {"thresholds"}  # persistent buffers only
+    saved_names = module.state_dict().keys()  # persistent buffers only
     weights = {
         name: tensor
         for name, tensor in (*module.named_parameters(), *module.named_buffers())
@@ -69,18 +70,34 @@ def write_thresholds(path: str | Path, module: pl.LightningModule) -> bool:
         for name, tensor in weights.items()
     ):
         return False
-    saved["thresholds"] = module.thresholds.detach().cpu().clone()
+    saved.pop("thresholds", None)  # a checkpoint from before thresholds were kept by name
+    ckpt.update(cpu_tensors(module.open_set_state()))
     save_checkpoint(ckpt, path)
     return True
 
 
+def cpu_tensors(value: Any) -> Any:
+    """``value`` with every tensor in it detached and on the CPU (dicts and lists walked)."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: cpu_tensors(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_tensors(v) for v in value)
+    return value
+
+
 def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
-    """Rebuild the LightningModule a checkpoint was written from, weights and thresholds loaded."""
+    """Rebuild the LightningModule a checkpoint was written from: weights, thresholds and
+    fitted detectors loaded, nothing refitted."""
     config = ckpt.get(CONFIG_KEY)
     if not config:
         raise CheckpointError(NO_CONFIG)
     hparams = ckpt.get("hyper_parameters", {})
-    module = instantiate(config["model"], class_names=hparams["class_names"])
+    module = instantiate(
+        config["model"], class_names=hparams["class_names"], detectors=config.get("detectors")
+    )
+    module.load_open_set_state(ckpt)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
@@ -100,12 +117,15 @@ def datamodule_from_checkpoint(ckpt: dict[str, Any], overrides: Any) -> pl.Light
 
 
 def restore_best_weights(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
-    """Load the best checkpoint's weights (and thresholds) into ``module``; returns its path."""
+    """Load the best checkpoint's weights, thresholds and fitted detectors into ``module``;
+    returns its path."""
     callback = trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback else ""
     if not best or not Path(best).is_file():
         return None
-    module.load_state_dict(read_checkpoint(best)["state_dict"])
+    ckpt = read_checkpoint(best)
+    module.load_open_set_state(ckpt)
+    module.load_state_dict(ckpt["state_dict"])
     return best
 
 

@@ -18,15 +18,21 @@ SEPARATION_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 
 
 def separation_rows(metrics: dict[str, Any], evaluation: Evaluation) -> list[list[Any]]:
-    """[set, score, auroc, aupr_in, aupr_out, fpr95] per OOD set and score."""
-    rows = []
-    for name, out in evaluation.outputs.items():
-        if name == evaluation.known_set:
-            continue
-        for score in out.scores:
-            prefix = f"ood.{name}.scores.{score}"
-            rows.append([name, score, *(metrics[f"{prefix}.{k}"] for k in SEPARATION_KEYS)])
-    return rows
+    """[set, detector, auroc, aupr_in, aupr_out, fpr95] per OOD set and detector, detectors
+    ranked by their AUROC averaged over the OOD sets (best first)."""
+    sets = [name for name in evaluation.outputs if name != evaluation.known_set]
+    detectors = list(evaluation.outputs[evaluation.known_set].scores)
+    if sets:
+        mean_auroc = {
+            d: sum(metrics[f"ood.{s}.scores.{d}.auroc"] for s in sets) / len(sets)
+            for d in detectors
+        }
+        detectors.sort(key=lambda d: -mean_auroc[d])
+    return [
+        [name, d, *(metrics[f"ood.{name}.scores.{d}.{k}"] for k in SEPARATION_KEYS)]
+        for d in detectors
+        for name in sets
+    ]
 
 
 def _sample(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -144,12 +150,13 @@ def render_report(
         ),
     ]
     lines += ["", "## Separation of known test images from each OOD set", ""]
+    lines += ["Detectors ranked by their AUROC averaged over the OOD sets, best first.", ""]
     lines += [
-        "| OOD set | score | AUROC | AUPR-In | AUPR-Out | FPR@95%TPR |",
+        "| detector | OOD set | AUROC | AUPR-In | AUPR-Out | FPR@95%TPR |",
         "|---|---|---|---|---|---|",
     ]
     for row in separation_rows(metrics, evaluation):
-        lines.append("| " + " | ".join([row[0], f"`{row[1]}`", *(pct(v) for v in row[2:])]) + " |")
+        lines.append("| " + " | ".join([f"`{row[1]}`", row[0], *(pct(v) for v in row[2:])]) + " |")
     lines += ["", "## Plots", ""]
     for name, path in plot_paths.items():
         lines += [

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from osr.calibration import ThresholdCalibration
 from osr.checkpoints import CONFIG_KEY, StoreRunConfig, read_checkpoint, restore_best_weights
-from osr.config import exits_on_user_error, instantiate_group, to_plain
+from osr.config import exits_on_user_error, instantiate_group, plain, to_plain
 from osr.errors import CheckpointError, OSRError
 from osr.evaluation import evaluate
 from osr.history import EpochHistory
@@ -28,7 +28,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, load the best weights, test. Returns the logged metrics and the objects made."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, class_names=datamodule.class_names)
+    model = instantiate(
+        cfg.model, class_names=datamodule.class_names, detectors=plain(cfg.get("detectors"))
+    )
     run_config = to_plain(cfg)
     run_config.pop("hydra", None)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]

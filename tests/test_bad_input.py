@@ -200,7 +200,7 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ("model.voting_scores=[recon_l2]", "model.voting_scores=['recon_l2']: Classifier supports"),
+        ("model.voting_scores=[recon_l2]", "model.voting_scores=['recon_l2']: no detector named"),
         ("data.known_classes=[3,3]", "data.known_classes=[3, 3] for mnist must be"),
         ("calibration=quantile calibration.q=1.5", "calibration.q=1.5 must lie in (0, 1]"),
     ],

@@ -66,7 +66,10 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     run = tmp_path / "run"
     record = json.loads((run / "thresholds.json").read_text())
     assert record["rule"] == {"k": 3.0, "name": "mean_std"}
-    assert set(record["scores"]) == {"recon_l2", "binary_diff", "msp", "max_logit", "energy"}
+    default_detectors = {"recon_l2", "binary_diff", "msp", "max_logit", "energy", "gen"}
+    default_detectors |= {"mahalanobis", "rmd", "knn", "vim", "react"}
+    assert set(record["scores"]) == default_detectors
+    assert record["detectors_fitted"]["split"] == "mnist train"
     assert record["scores"]["recon_l2"]["count"] == 100  # the whole validation split
     assert record["checkpoint"].endswith("best.ckpt")
     assert module.is_calibrated
@@ -94,7 +97,7 @@ def test_thresholds_stay_out_of_checkpoints_holding_other_weights(train_cfg, tmp
         torch.equal(best_ckpt["state_dict"][n], last_ckpt["state_dict"][n]) for n in weights
     )
     assert module_from_checkpoint(best_ckpt).is_calibrated
-    assert torch.isnan(last_ckpt["state_dict"]["thresholds"]).all()
+    assert last_ckpt["osr_thresholds"] == {} and last_ckpt["osr_detectors"] == {}
     refused = run_module(
         "osr.evaluate",
         f"ckpt_path={last}",
@@ -151,7 +154,7 @@ def run_calibrate(ckpt: Path, out: Path, data_dir: Path, *overrides: str) -> dic
 def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_data):
     tiny_run(train_cfg, "model=baseline")
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    before = read_checkpoint(best)["state_dict"]["thresholds"].clone()
+    before = read_checkpoint(best)["osr_thresholds"]
     record = run_calibrate(
         best, tmp_path / "cal", tiny_data, "calibration=quantile", "calibration.q=0.9"
     )
@@ -160,7 +163,7 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
         read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")
     )
     assert calibrated.threshold_dict()["msp"] == pytest.approx(record["scores"]["msp"]["threshold"])
-    assert torch.equal(read_checkpoint(best)["state_dict"]["thresholds"], before)  # untouched
+    assert read_checkpoint(best)["osr_thresholds"] == before  # untouched
     recorded = read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")["osr_config"]
     assert recorded["calibration"] == {"_target_": "osr.calibration.Quantile", "q": 0.9}
     evaluated = run_module(

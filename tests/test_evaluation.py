@@ -19,7 +19,9 @@ from osr.train import train
 from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
 from tests.wandb_records import logged_config, logged_history
 
-SCORES = ("recon_l2", "binary_diff", "msp", "max_logit", "energy")
+# detectors=default on the autoencoder-classifier (the baseline has no reconstruction)
+SCORES = ("recon_l2", "binary_diff", "msp", "max_logit", "energy", "gen")
+SCORES += ("mahalanobis", "rmd", "knn", "vim", "react")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -65,7 +67,13 @@ def test_run_directory_holds_contract_metrics_report_and_plots(train_cfg, tmp_pa
     assert cm.shape == (11, 11) and cm.sum() == 120 + 120 + 60  # known test + both OOD sets
     assert cm[:10].sum() == 120 and cm[10].sum() == 180
     report = (run / "report.md").read_text()
-    assert "closed_set.accuracy" in report and "| fashion_mnist | `recon_l2` |" in report
+    assert "closed_set.accuracy" in report and "| `recon_l2` | fashion_mnist |" in report
+    ranked = [line.split("`")[1] for line in report.splitlines() if "| cifar10 |" in line]
+    mean_auroc = {
+        s: np.mean([metrics[f"ood.{o}.scores.{s}.auroc"] for o in ("fashion_mnist", "cifar10")])
+        for s in SCORES
+    }
+    assert ranked == sorted(SCORES, key=lambda s: -mean_auroc[s])
     expected = [
         "confusion_matrix",
         "scores_recon_l2",
@@ -239,7 +247,9 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
     (table_path,) = history["eval/separation/path"]
     table = json.loads((offline / "files" / table_path).read_text())
     assert table["columns"] == ["set", "score", "auroc", "aupr_in", "aupr_out", "fpr95"]
-    assert len(table["data"]) == 2 * 3  # two OOD sets, three scores
+    detectors = {score for _, score, *_ in table["data"]}
+    assert len(detectors) == 9  # detectors=default on the baseline
+    assert len(table["data"]) == 2 * len(detectors)  # two OOD sets
     for name, score, *values in table["data"]:
         prefix = f"ood.{name}.scores.{score}"
         expected = [metrics[f"{prefix}.{k}"] for k in ("auroc", "aupr_in", "aupr_out", "fpr95")]

@@ -239,6 +239,11 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training split in order, in evaluation batches, never augmented: what the
+        detectors that need it are fitted on."""
+        return self._loader("train", train=False)
+
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
 

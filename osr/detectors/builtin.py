@@ -6,6 +6,15 @@ from torch import Tensor
 from osr import scores
 from osr.detectors.base import Detector, ModelOutputs
 
+# the scores of checkpoints written before the detectors config, by name
+BUILTIN = {
+    "msp": "osr.detectors.MSP",
+    "max_logit": "osr.detectors.MaxLogit",
+    "energy": "osr.detectors.Energy",
+    "recon_l2": "osr.detectors.ReconL2",
+    "binary_diff": "osr.detectors.BinaryDiff",
+}
+
 
 class MSP(Detector):
     """1 - maximum softmax probability."""
@@ -22,7 +31,7 @@ class MaxLogit(Detector):
 
 
 class Energy(Detector):
-    """Negative free energy, -logsumexp of the logits."""
+    """The free energy, -logsumexp of the logits."""
 
     def _score(self, outputs: ModelOutputs) -> Tensor:
         return scores.energy(outputs.logits)

@@ -9,7 +9,6 @@ from torch import Tensor
 from osr.config import plain
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
-from osr.scores import CLASSIFIER_SCORES, RECONSTRUCTION_SCORES
 
 
 class AutoencoderClassifier(OpenSetModule):
@@ -19,7 +18,7 @@ class AutoencoderClassifier(OpenSetModule):
     reconstruction error is what says UNKNOWN.
     """
 
-    score_names = (*RECONSTRUCTION_SCORES, *CLASSIFIER_SCORES)
+    builtin_detectors = ("recon_l2", "binary_diff", "msp", "max_logit", "energy")
     loss_terms = ("rec_mse",)
     provides = frozenset({"images", "logits", "features", "recon", "head", "classify"})
 
@@ -34,11 +33,13 @@ class AutoencoderClassifier(OpenSetModule):
         cls_weight: float = 1.0,
         scheduler: dict | None = None,
         channels_last: bool = True,
+        detectors: dict | None = None,
     ) -> None:
         autoencoder, classifier = plain(autoencoder), plain(classifier)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
-        super().__init__(optimizer, class_names, voting_scores, scheduler)
+        detectors = plain(detectors)
+        super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
         self.save_hyperparameters(logger=False)
         self.autoencoder = instantiate(autoencoder)
         self.classifier = instantiate(classifier, num_classes=len(class_names))
@@ -70,12 +71,6 @@ class AutoencoderClassifier(OpenSetModule):
             head=head,
             classify=self.classifier,
         )
-
-    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        recon, logits = self(x)
-        scores = {name: fn(x, recon) for name, fn in RECONSTRUCTION_SCORES.items()}
-        scores.update({name: fn(logits) for name, fn in CLASSIFIER_SCORES.items()})
-        return logits, scores
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         recon, logits = self(x)

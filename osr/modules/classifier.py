@@ -9,13 +9,12 @@ from torch import Tensor
 from osr.config import plain
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
-from osr.scores import CLASSIFIER_SCORES
 
 
 class Classifier(OpenSetModule):
     """Scores from the logits alone (``msp``, ``max_logit``, ``energy``)."""
 
-    score_names = tuple(CLASSIFIER_SCORES)
+    builtin_detectors = ("msp", "max_logit", "energy")
     provides = frozenset({"images", "logits", "features", "head", "classify"})
 
     def __init__(
@@ -26,10 +25,12 @@ class Classifier(OpenSetModule):
         voting_scores: list[str] = ("msp",),
         scheduler: dict | None = None,
         channels_last: bool = True,
+        detectors: dict | None = None,
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
-        super().__init__(optimizer, class_names, voting_scores, scheduler)
+        detectors = plain(detectors)
+        super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names))
         self._finish_init(channels_last)
@@ -48,10 +49,6 @@ class Classifier(OpenSetModule):
         return ModelOutputs(
             logits=head(features), features=features, images=x, head=head, classify=self.net
         )
-
-    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self(x)
-        return logits, {name: fn(logits) for name, fn in CLASSIFIER_SCORES.items()}
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         logits = self(x)

@@ -1,6 +1,7 @@
-"""What every osr LightningModule shares: metrics, optimizers, scores and the open-set decision."""
+"""What every osr LightningModule shares: metrics, optimizers, detectors, thresholds and the
+open-set decision."""
 
-import math
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -11,24 +12,34 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from osr.config import plain
+from osr.detectors import ModelOutputs, build_detectors, check_names, score_detectors
+from osr.detectors.builtin import BUILTIN
 from osr.errors import NotCalibratedError, OSRError
 from osr.labels import unknown_label
 from osr.resume import load_metric_states, metric_states
 
 TRAIN_METRICS_KEY = "osr_train_metrics"  # checkpoint key of the epoch's accumulated figures
+THRESHOLDS_KEY = "osr_thresholds"  # checkpoint key of the calibrated thresholds, by detector
+DETECTORS_KEY = "osr_detectors"  # checkpoint key of the detectors' fitted state, by detector
 
 
 class OpenSetModule(pl.LightningModule):
     """A classifier over K known classes that can also answer UNKNOWN (label K).
 
-    Subclasses name the scores they support in ``score_names`` and implement
-    ``logits_and_scores(x) -> (logits, scores)`` and ``_loss(x, y) -> (loss, logits, extra logs)``.
-    Thresholds live in the ``thresholds`` buffer (NaN until calibrated), aligned with
-    ``score_names``, so every checkpoint carries them.
+    Subclasses implement ``model_outputs(x) -> ModelOutputs`` (what detectors read: logits,
+    penultimate features, last layer, ...), declare what it ``provides``, and implement
+    ``_loss(x, y) -> (loss, logits, extra logs)``. The detectors come from the ``detectors``
+    config (name -> ``_target_``); thresholds are kept by detector name. Both travel in
+    checkpoints beside the weights (``THRESHOLDS_KEY``, ``DETECTORS_KEY``), so the
+    ``state_dict`` does not depend on which detectors run.
     """
 
-    score_names: tuple[str, ...] = ()
     loss_terms: tuple[str, ...] = ()  # parts of the loss that ``_loss`` also reports
+    provides: frozenset[str] = frozenset()  # what ``model_outputs`` fills in
+    # the scores of checkpoints written before the detectors config, in the order of their
+    # ``thresholds`` buffer
+    builtin_detectors: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -36,15 +47,14 @@ class OpenSetModule(pl.LightningModule):
         class_names: list[str],
         voting_scores: list[str],
         scheduler: dict | None = None,
+        detectors: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        unsupported = [s for s in voting_scores if s not in self.score_names]
-        if unsupported or not voting_scores:
-            raise OSRError(
-                f"model.voting_scores={list(voting_scores)}: {type(self).__name__} supports "
-                f"{list(self.score_names)}; pick one or more of those."
-            )
-        self.register_buffer("thresholds", torch.full((len(self.score_names),), math.nan))
+        if detectors is None:
+            detectors = {name: {"_target_": BUILTIN[name]} for name in self.builtin_detectors}
+        if not voting_scores:
+            raise OSRError("model.voting_scores is empty: name one or more detectors.")
+        self.replace_detectors(detectors, voting_scores)
         # no argument checks and no NaN checks: each would wait for the device every step
         mean = partial(MeanMetric, nan_strategy="disable")
         accuracy = partial(
@@ -76,33 +86,83 @@ class OpenSetModule(pl.LightningModule):
         return unknown_label(self.num_classes)
 
     # --- open-set interface -------------------------------------------------------------
-    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def model_outputs(self, x: Tensor, needs: Any = None) -> ModelOutputs:
         raise NotImplementedError
 
+    def replace_detectors(
+        self, detectors: Mapping[str, Any], voting_scores: list[str] | None = None
+    ) -> None:
+        """Build the detectors of a ``detectors`` config (unfitted, no thresholds yet)."""
+        self.detectors = nn.ModuleDict(build_detectors(plain(detectors), self.provides))
+        check_names(
+            voting_scores or self.hparams.voting_scores, self.detectors, "model.voting_scores"
+        )
+        self.thresholds: dict[str, float] = {}
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        return tuple(self.detectors)
+
+    def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The logits and every detector's score of each image (higher = more unknown), from
+        one pass of the networks."""
+        outputs = self.model_outputs(x)
+        return outputs.logits, score_detectors(self.detectors, outputs)
+
     def scores(self, x: Tensor) -> dict[str, Tensor]:
-        """Every supported score of each image of the batch (higher = more unknown)."""
+        """Every detector's score of each image of the batch (higher = more unknown)."""
         return self.logits_and_scores(x)[1]
 
     @property
     def is_calibrated(self) -> bool:
-        return not torch.isnan(self.thresholds[self._voting_indices]).any().item()
-
-    @property
-    def _voting_indices(self) -> list[int]:
-        return [self.score_names.index(s) for s in self.hparams.voting_scores]
+        voting = self.hparams.voting_scores
+        return all(n in self.thresholds and self.detectors[n].is_fitted for n in voting)
 
     def threshold_dict(self) -> dict[str, float]:
-        return dict(zip(self.score_names, self.thresholds.tolist(), strict=True))
+        return dict(self.thresholds)
 
-    def set_thresholds(self, thresholds: dict[str, float]) -> None:
-        values = [thresholds[name] for name in self.score_names]
-        self.thresholds.copy_(torch.as_tensor(values, dtype=self.thresholds.dtype))
+    def set_thresholds(self, thresholds: Mapping[str, float]) -> None:
+        """Keep each threshold as the float32 value it acts as against float32 scores."""
+        values = torch.tensor([thresholds[name] for name in self.score_names])
+        self.thresholds = dict(zip(self.score_names, values.tolist(), strict=True))
+
+    def open_set_state(self) -> dict[str, Any]:
+        """Thresholds and fitted detector state: plain floats and tensors for a checkpoint."""
+        fitted = {
+            name: d.fitted_state()
+            for name, d in self.detectors.items()
+            if d.requires_fit and d.is_fitted
+        }
+        return {THRESHOLDS_KEY: dict(self.thresholds), DETECTORS_KEY: fitted}
+
+    def load_open_set_state(self, checkpoint: dict[str, Any]) -> None:
+        """Take thresholds and fitted detector state from a checkpoint; one written before
+        thresholds were kept by name holds a ``thresholds`` tensor in its ``state_dict``
+        instead, aligned with ``builtin_detectors`` (it is moved out of the ``state_dict``)."""
+        legacy = checkpoint["state_dict"].pop("thresholds", None)
+        if legacy is not None:
+            pairs = zip(self.builtin_detectors, legacy.tolist(), strict=True)
+            thresholds = {name: value for name, value in pairs if value == value}  # not NaN
+        else:
+            thresholds = checkpoint.get(THRESHOLDS_KEY, {})
+        self.thresholds = {n: v for n, v in thresholds.items() if n in self.detectors}
+        for name, state in checkpoint.get(DETECTORS_KEY, {}).items():
+            if name in self.detectors:
+                self.detectors[name].load_fitted_state(state)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.update(self.open_set_state())
+        # kept apart from the state_dict, which evaluate, calibrate and predict load strictly
+        checkpoint[TRAIN_METRICS_KEY] = {
+            "epoch": self.current_epoch,
+            "states": metric_states(self._train_metrics()),
+        }
 
     def decide(
         self,
         logits: Tensor,
         scores: dict[str, Tensor],
-        thresholds: dict[str, float | Tensor] | None = None,
+        thresholds: Mapping[str, float] | None = None,
     ) -> Tensor:
         """Labels in 0..K: UNKNOWN (K) when any voting score exceeds its threshold (the
         module's calibrated ones unless ``thresholds`` are given)."""
@@ -114,7 +174,7 @@ class OpenSetModule(pl.LightningModule):
                     "osr.calibrate ckpt_path=...`, or train with the threshold_calibration "
                     "callback)."
                 )
-            thresholds = dict(zip(self.score_names, self.thresholds, strict=True))
+            thresholds = self.thresholds
         labels = logits.argmax(dim=1)
         rejected = torch.zeros_like(labels, dtype=torch.bool)
         for name in self.hparams.voting_scores:
@@ -190,14 +250,8 @@ class OpenSetModule(pl.LightningModule):
         terms = {f"term/{name}": m for name, m in self.train_terms.items()}
         return {"loss": self.train_loss, "acc": self.train_acc, **terms}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # kept apart from the state_dict, which evaluate, calibrate and predict load strictly
-        checkpoint[TRAIN_METRICS_KEY] = {
-            "epoch": self.current_epoch,
-            "states": metric_states(self._train_metrics()),
-        }
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_open_set_state(checkpoint)
         self._saved_train_metrics = checkpoint.get(TRAIN_METRICS_KEY)
 
     def on_train_start(self) -> None:
