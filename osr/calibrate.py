@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from osr.calibration import ThresholdCalibration
-from osr.checkpoints import (
+from osr.callbacks import ThresholdCalibration
+from osr.utils.checkpoints import (
     CONFIG_KEY,
     cpu_tensors,
     datamodule_from_checkpoint,
@@ -18,7 +18,7 @@ from osr.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
-from osr.config import exits_on_user_error, to_plain
+from osr.utils.config import exits_on_user_error, to_plain
 
 log = logging.getLogger("osr.calibrate")
 

@@ -7,13 +7,17 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from osr.checkpoints import datamodule_from_checkpoint, module_from_checkpoint, read_checkpoint
-from osr.config import exits_on_user_error, instantiate_group
-from osr.errors import NotCalibratedError
-from osr.evaluation import evaluate
-from osr.report import write_results
-from osr.run_info import describe
-from osr.wandb_setup import finish_wandb, prepare_wandb
+from osr.reporting.report import write_results
+from osr.reporting.run_info import describe
+from osr.scoring.test_sets import evaluate
+from osr.utils.checkpoints import (
+    datamodule_from_checkpoint,
+    module_from_checkpoint,
+    read_checkpoint,
+)
+from osr.utils.config import exits_on_user_error, instantiate_group
+from osr.utils.errors import NotCalibratedError
+from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.evaluate")
 

@@ -16,14 +16,14 @@ from rich.progress import track
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from osr.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.config import exits_on_user_error
+from osr.data.labels import UNKNOWN_NAME
 from osr.data.sources import IMAGE_SIZE
 from osr.data.transforms import BatchTransform
-from osr.errors import NotCalibratedError, OSRError
 from osr.evaluate import resolve_device
-from osr.io import write_text
-from osr.labels import UNKNOWN_NAME
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.utils.config import exits_on_user_error
+from osr.utils.errors import NotCalibratedError, OSRError
+from osr.utils.io import write_text
 
 log = logging.getLogger("osr.predict")
 # what a file starts with, not its name, says whether it is a PNG or a JPEG

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from osr.io import write_text
+from osr.utils.io import write_text
 
 REPLICATE_KEYS = ("seed",)
 

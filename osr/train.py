@@ -11,15 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from osr.calibration import ThresholdCalibration
-from osr.checkpoints import CONFIG_KEY, StoreRunConfig, read_checkpoint, restore_best_weights
-from osr.config import exits_on_user_error, instantiate_group, plain, to_plain
-from osr.errors import CheckpointError, OSRError
-from osr.evaluation import evaluate
-from osr.history import EpochHistory
-from osr.report import write_results
-from osr.run_info import describe
-from osr.wandb_setup import finish_wandb, prepare_wandb
+from osr.callbacks import StoreRunConfig, ThresholdCalibration
+from osr.callbacks.history import EpochHistory
+from osr.reporting.report import write_results
+from osr.reporting.run_info import describe
+from osr.scoring.test_sets import evaluate
+from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
+from osr.utils.config import exits_on_user_error, instantiate_group, plain, to_plain
+from osr.utils.errors import CheckpointError, OSRError
+from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.train")
 

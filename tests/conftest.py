@@ -15,8 +15,8 @@ import torchvision
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from osr.config import CONFIG_DIR
 from osr.data.sources import CIFAR10Source
+from osr.utils.config import CONFIG_DIR
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIRROR = Path(os.environ.get("OSR_DATA_DIR", SHARED_DATA))

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from osr.checkpoints import read_checkpoint
 from osr.data import CIFAR10DataModule, MNISTDataModule
-from osr.errors import CheckpointError, DatasetCorruptError, DatasetNotFoundError
 from osr.train import train
+from osr.utils.checkpoints import read_checkpoint
+from osr.utils.errors import CheckpointError, DatasetCorruptError, DatasetNotFoundError
 from tests.conftest import (
     CIFAR_CLASSES,
     TINY_OVERRIDES,
@@ -189,7 +189,7 @@ def test_unknown_config_group_value_lists_the_options():
 
 @pytest.mark.slow
 def test_loss_blowing_up_stops_with_the_step(train_cfg):
-    from osr.errors import OSRError
+    from osr.utils.errors import OSRError
 
     cfg = train_cfg("model=baseline", "model.optimizer.lr=1e12", "trainer.max_epochs=1")
     with pytest.raises(OSRError, match=r"training loss became (nan|inf) at epoch 0, step \d+"):
@@ -220,7 +220,7 @@ def test_bad_config_values_inside_constructors(tiny_data, tmp_path, override, wo
 
 @pytest.mark.slow
 def test_nonfinite_loss_is_caught_before_a_checkpoint_saves_broken_weights(train_cfg, tmp_path):
-    from osr.errors import OSRError
+    from osr.utils.errors import OSRError
 
     cfg = train_cfg(
         "model=baseline",

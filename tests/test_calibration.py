@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from osr.calibration import MeanStd, Quantile, fit_thresholds
-from osr.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.errors import NotCalibratedError
+from osr.scoring.thresholds import MeanStd, Quantile, fit_thresholds
 from osr.train import train
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.utils.errors import NotCalibratedError
 from tests.conftest import TINY_TRAINING, run_module
 from tests.test_models import make_module
 
@@ -165,7 +165,7 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
     assert calibrated.threshold_dict()["msp"] == pytest.approx(record["scores"]["msp"]["threshold"])
     assert read_checkpoint(best)["osr_thresholds"] == before  # untouched
     recorded = read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")["osr_config"]
-    assert recorded["calibration"] == {"_target_": "osr.calibration.Quantile", "q": 0.9}
+    assert recorded["calibration"] == {"_target_": "osr.scoring.thresholds.Quantile", "q": 0.9}
     evaluated = run_module(
         "osr.evaluate",
         f"ckpt_path={tmp_path / 'cal/checkpoints/calibrated.ckpt'}",

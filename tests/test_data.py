@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from osr.data import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from osr.data.sampling import ShardedBatchSampler
 from osr.data.transforms import BatchTransform, gaussian_blur
-from osr.errors import DatasetNotFoundError
-from osr.evaluation import ood_datamodules
+from osr.scoring.test_sets import ood_datamodules
+from osr.utils.errors import DatasetNotFoundError
 from tests.conftest import MIRROR, TINY_TEST, TINY_TRAIN, needs_mirror
 
 MNIST_STATS = {"mean": 0.13, "std": 0.31}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from osr.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.evaluate import evaluate_checkpoint
 from osr.train import train
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 from tests.conftest import TINY_TRAINING, run_module
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -1,6 +1,6 @@
 """Detectors: the contract every configured detector keeps on both models, agreement with
-pytorch-ood and osr.scores, fitted state through a checkpoint, and a detector registered by
-config alone."""
+pytorch-ood and osr.detectors.scores, fitted state through a checkpoint, and a detector
+registered by config alone."""
 
 import copy
 import dataclasses
@@ -20,7 +20,6 @@ from pytorch_ood.detector import EnergyBased, MaxSoftmax
 from pytorch_ood.detector import MaxLogit as OODMaxLogit
 from torch import Tensor
 
-from osr.config import CONFIG_DIR
 from osr.detectors import (
     Detector,
     ModelOutputs,
@@ -32,9 +31,10 @@ from osr.detectors import (
     load_fitted_states,
     score_detectors,
 )
-from osr.errors import OSRError
 from osr.models import ConvNet
 from osr.modules import AutoencoderClassifier, Classifier
+from osr.utils.config import CONFIG_DIR
+from osr.utils.errors import OSRError
 from tests.conftest import digit_like
 
 # pytorch-ood's OpenMax fits Weibull tails by a numeric search that overflows on the way

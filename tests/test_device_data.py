@@ -7,7 +7,7 @@ while no kernel does.
 import pytest
 import torch
 
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 from tests.test_data import mnist
 
 META = torch.device("meta")

@@ -206,7 +206,7 @@ def test_evaluate_checkpoint_reproduces_the_runs_metrics(train_cfg, evaluate_cfg
 
 @pytest.mark.slow
 def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeypatch):
-    from osr.wandb_setup import finish_wandb, prepare_wandb
+    from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osr.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.history import EpochHistory
+from osr.callbacks.history import EpochHistory
 from osr.models import Autoencoder, ConvNet, Decoder, Encoder
 from osr.modules import AutoencoderClassifier, Classifier
 from osr.train import train
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 from tests.helpers import StepLosses, WeightsPerEpoch
 
 OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}

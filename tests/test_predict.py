@@ -7,10 +7,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from osr.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.data import MNISTDataModule
 from osr.predict import find_images, load_images
 from osr.train import train
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 from tests.conftest import TINY_TRAINING, run_module
 
 

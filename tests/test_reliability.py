@@ -182,7 +182,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(train_cfg, tmp_path):
 
 
 def test_atomic_write_never_leaves_a_truncated_file(tmp_path):
-    from osr.io import atomic_write, write_json
+    from osr.utils.io import atomic_write, write_json
 
     target = write_json(tmp_path / "metrics.json", {"a": 1})
 
@@ -198,7 +198,7 @@ def test_atomic_write_never_leaves_a_truncated_file(tmp_path):
 
 @pytest.mark.slow
 def test_wandb_api_key_never_lands_in_run_files(train_cfg, tmp_path, monkeypatch):
-    from osr.wandb_setup import finish_wandb
+    from osr.utils.wandb_setup import finish_wandb
 
     secret = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_API_KEY", secret)

@@ -7,8 +7,7 @@ import torch
 from skimage.filters import threshold_otsu
 
 from osr.data import MNISTDataModule
-from osr.models import Autoencoder
-from osr.scores import (
+from osr.detectors.scores import (
     OTSU_BINS,
     _float_histogram,
     binary_diff,
@@ -19,6 +18,7 @@ from osr.scores import (
     otsu_threshold,
     recon_l2,
 )
+from osr.models import Autoencoder
 from tests.conftest import MIRROR, needs_mirror
 
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
-from osr.config import CONFIG_DIR
+from osr.utils.config import CONFIG_DIR
 
 
 def build_trainer(tmp_path: Path, *overrides: str) -> pl.Trainer:

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from osr.config import plain
+from osr.data.labels import UNKNOWN_NAME
 from osr.data.sampling import ResumableDataLoader, ShardedBatchSampler
 from osr.data.sources import SOURCES
 from osr.data.transforms import BatchTransform
-from osr.errors import OSRError
-from osr.labels import UNKNOWN_NAME
+from osr.utils.config import plain
+from osr.utils.errors import OSRError
 
 
 class ImageDataModule(pl.LightningDataModule):

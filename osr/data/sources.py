@@ -14,7 +14,7 @@ import torchvision
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from osr.errors import DatasetCorruptError, DatasetNotFoundError
+from osr.utils.errors import DatasetCorruptError, DatasetNotFoundError
 
 IMAGE_SIZE = 28
 HOW_TO_POINT = (

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 
 # ITU-R 601-2 luma, the weights torchvision's Grayscale uses.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)

@@ -10,7 +10,7 @@ from pytorch_ood import api
 from torch import Tensor, nn
 
 from osr.detectors.base import Detector, ModelOutputs
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 
 # what the wrapped detector reads -> (the ModelOutputs field, its fit method, its predict method)
 INPUTS = {

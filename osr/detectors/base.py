@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 
 # What a detector may need of the model, by the ModelOutputs field that carries it:
 # images (the model's input), logits, features (penultimate activations), recon (the

@@ -1,9 +1,9 @@
 """The five scores osr had before detectors, under the same names and with the same values
-(each calls its function in ``osr.scores``)."""
+(each calls its function in ``osr.detectors.scores``)."""
 
 from torch import Tensor
 
-from osr import scores
+from osr.detectors import scores
 from osr.detectors.base import Detector, ModelOutputs
 
 # the scores of checkpoints written before the detectors config, by name

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from osr.detectors.base import Detector, ModelOutputs
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 
 
 class ClassDistance(Detector):

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 from osr.detectors.base import Detector, ModelOutputs
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
 
-from osr.config import plain
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
+from osr.utils.config import plain
 
 
 class Classifier(OpenSetModule):

@@ -12,12 +12,12 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from osr.config import plain
+from osr.data.labels import unknown_label
 from osr.detectors import ModelOutputs, build_detectors, check_names, score_detectors
 from osr.detectors.builtin import BUILTIN
-from osr.errors import NotCalibratedError, OSRError
-from osr.labels import unknown_label
-from osr.resume import load_metric_states, metric_states
+from osr.utils.config import plain
+from osr.utils.errors import NotCalibratedError, OSRError
+from osr.utils.metric_state import load_metric_states, metric_states
 
 TRAIN_METRICS_KEY = "osr_train_metrics"  # checkpoint key of the epoch's accumulated figures
 THRESHOLDS_KEY = "osr_thresholds"  # checkpoint key of the calibrated thresholds, by detector

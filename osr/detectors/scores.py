@@ -1,7 +1,7 @@
 """Per-sample unknown-ness scores: plain functions of a batch, higher = more unknown.
 
 Every function is batched torch on the input's device; fitting thresholds is elsewhere
-(``osr.calibration``).
+(``osr.scoring.thresholds``).
 """
 
 from collections.abc import Callable

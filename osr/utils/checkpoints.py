@@ -8,12 +8,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
-from osr.config import plain
-from osr.errors import CheckpointError
-from osr.io import atomic_write
+from osr.utils.config import plain
+from osr.utils.errors import CheckpointError
+from osr.utils.io import atomic_write
 
 CONFIG_KEY = "osr_config"
 NO_CONFIG = (
@@ -127,16 +126,3 @@ def restore_best_weights(trainer: pl.Trainer, module: pl.LightningModule) -> str
     module.load_open_set_state(ckpt)
     module.load_state_dict(ckpt["state_dict"])
     return best
-
-
-class StoreRunConfig(Callback):
-    """Puts the run's resolved config into every checkpoint, so that evaluate, calibrate and
-    predict can rebuild the model and data from the checkpoint alone."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint[CONFIG_KEY] = self.config

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from osr.labels import UNKNOWN_NAME  # noqa: E402
+from osr.data.labels import UNKNOWN_NAME  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -8,7 +8,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
-from osr.io import write_text
+from osr.utils.io import write_text
 
 
 class ResumableCSVLogger(CSVLogger):

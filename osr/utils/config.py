@@ -10,9 +10,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from osr.errors import OSRError
+from osr.utils.errors import OSRError
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
+ROOT_DIR = Path(__file__).resolve().parents[2]  # the repository: osr/utils/config.py
 CONFIG_DIR = str(ROOT_DIR / "conf")
 
 

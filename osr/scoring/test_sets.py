@@ -8,11 +8,11 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from osr.calibration import collect_scores
 from osr.data.datamodules import ImageDataModule
-from osr.errors import OSRError
-from osr.metrics import SetOutputs, open_set_metrics
 from osr.modules.open_set import OpenSetModule
+from osr.reporting.metrics import SetOutputs, open_set_metrics
+from osr.scoring.outputs import collect_scores
+from osr.utils.errors import OSRError
 
 IN_DISTRIBUTION = "in_distribution"
 OWN = "own"

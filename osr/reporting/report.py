@@ -8,11 +8,11 @@ import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
 from sklearn.manifold import TSNE
 
-from osr import plots
-from osr.evaluation import Evaluation
-from osr.io import atomic_write, write_json, write_text
+from osr.detectors.scores import otsu_binarize
 from osr.modules.open_set import OpenSetModule
-from osr.scores import otsu_binarize
+from osr.reporting import plots
+from osr.scoring.test_sets import Evaluation
+from osr.utils.io import atomic_write, write_json, write_text
 
 SEPARATION_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 

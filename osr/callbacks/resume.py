@@ -7,9 +7,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from torchmetrics import Metric
 
-from osr.csv_logger import ResumableCSVLogger
+from osr.utils.csv_logger import ResumableCSVLogger
 
 
 class RNGState(Callback):
@@ -57,24 +56,3 @@ class CarryCSVRows(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.carry_rows()
-
-
-def metric_states(metrics: dict[str, Metric]) -> dict[str, Any]:
-    """What each metric has accumulated, summed over all ranks (every rank must call this):
-    Lightning checkpoints no metric states, yet a resumed epoch must report all its batches."""
-    states: dict[str, Any] = {}
-    for name, metric in metrics.items():
-        with metric.sync_context():
-            values = {
-                key: value.detach().cpu().clone() for key, value in metric.metric_state.items()
-            }
-        states[name] = {"values": values, "updates": metric.update_count}
-    return states
-
-
-def load_metric_states(metrics: dict[str, Metric], states: dict[str, Any]) -> None:
-    """Put ``metric_states`` back. Call it on one rank only: they hold every rank's share."""
-    for name, metric in metrics.items():
-        for key, value in states[name]["values"].items():
-            setattr(metric, key, value.to(getattr(metric, key).device))
-        metric._update_count = states[name]["updates"]  # no public setter; compute() checks it

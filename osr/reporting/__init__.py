@@ -1,0 +1,1 @@
+"""A run's results: metrics.json figures, report.md, plots, run info."""

@@ -1,0 +1,1 @@
+"""Running a model over whole splits: scores, detector fitting, thresholds, test sets."""

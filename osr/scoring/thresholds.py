@@ -1,0 +1,117 @@
+"""Threshold rules and calibration: detectors fitted on the known training split, then one
+threshold per detector fitted on the validation split.
+
+Threshold rules are plain objects (``fit(scores) -> threshold``); ``calibrate`` is what the
+``ThresholdCalibration`` callback (``osr.callbacks``) runs after fit.
+"""
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from osr.data.datamodules import ImageDataModule
+from osr.modules.open_set import OpenSetModule
+from osr.scoring.outputs import collect_scores, fit_detectors
+from osr.utils.errors import OSRError
+
+log = logging.getLogger(__name__)
+
+
+class ThresholdRule(Protocol):
+    name: str
+
+    def fit(self, scores: Tensor) -> float: ...
+
+
+@dataclass
+class MeanStd:
+    """mean + k * std of the known images' scores (population std, numpy's default)."""
+
+    k: float = 3.0
+    name: str = "mean_std"
+
+    def fit(self, scores: Tensor) -> float:
+        s = scores.double()
+        return (s.mean() + self.k * s.std(correction=0)).item()
+
+
+@dataclass
+class Quantile:
+    """The q-quantile of the known images' scores: a fraction q of them is kept as known."""
+
+    q: float = 0.95
+    name: str = "quantile"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.q <= 1.0:
+            raise OSRError(f"calibration.q={self.q} must lie in (0, 1], e.g. calibration.q=0.95")
+
+    def fit(self, scores: Tensor) -> float:
+        return torch.quantile(scores.double(), self.q).item()
+
+
+def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, dict[str, float]]:
+    """One threshold per score, with the statistics it was fitted on."""
+    return {
+        name: {
+            "threshold": rule.fit(values),
+            "mean": values.double().mean().item(),
+            "std": values.double().std(correction=0).item(),
+            "count": int(values.numel()),
+        }
+        for name, values in scores.items()
+    }
+
+
+def cross_fitted_decisions(
+    module: OpenSetModule, rule: ThresholdRule, logits: Tensor, scores: dict[str, Tensor]
+) -> Tensor:
+    """The decision on every validation image, made with thresholds fitted on the other half
+    of the split (first half / second half, in dataset order), so that no image is judged by a
+    threshold fitted on itself."""
+    n = len(logits)
+    if n < 2:
+        raise OSRError(
+            f"the validation split holds {n} image(s); cross-fitted validation figures need "
+            "at least 2. Set data.val_size=2 or more."
+        )
+    halves = (slice(0, n // 2), slice(n // 2, n))
+    decisions = torch.empty(n, dtype=torch.long, device=logits.device)
+    for fit_on, judged in (halves, halves[::-1]):
+        thresholds = {name: rule.fit(scores[name][fit_on]) for name in module.hparams.voting_scores}
+        part = {name: values[judged] for name, values in scores.items()}
+        decisions[judged] = module.decide(logits[judged], part, thresholds)
+    return decisions
+
+
+def calibrate(
+    module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
+) -> dict[str, Any]:
+    """Fit thresholds on the validation split and store them in ``module``.
+
+    Also reports how the calibrated model does on known images it was not calibrated on: the
+    share rejected as UNKNOWN and the (K+1)-way accuracy (a rejection counts as an error), each
+    validation image judged with thresholds cross-fitted on the other half of the split. These
+    need no OOD data, so a hyperparameter search may select on them without a threshold that
+    only fits its own data looking good.
+    """
+    newly_fitted = fit_detectors(module, datamodule)
+    scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
+    fitted = fit_thresholds(scores, rule)
+    module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
+    decisions = cross_fitted_decisions(module, rule, logits, scores)
+    return {
+        "rule": asdict(rule),
+        "detectors_fitted": {"split": f"{datamodule.name} train", "names": newly_fitted},
+        "voting_scores": list(module.hparams.voting_scores),
+        "split": f"{datamodule.name} val",
+        "scores": fitted,
+        # each half of the split judged with thresholds fitted on the other half
+        "validation": {
+            "known_rejection_rate": (decisions == module.unknown_label).float().mean().item(),
+            "open_set_accuracy": (decisions == labels).float().mean().item(),
+        },
+    }

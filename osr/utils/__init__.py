@@ -1,0 +1,1 @@
+"""Plumbing: config resolvers, errors, atomic files, checkpoints, DDP gathering, loggers."""
