@@ -47,3 +47,13 @@ def test_on_cpu_batches_stay_on_the_cpu_in_eval_batches(tiny_data):
 def test_bad_on_device_value_is_named(tiny_data):
     with pytest.raises(OSRError, match="data.on_device='sometimes': use true, false or auto"):
         mnist(tiny_data, on_device="sometimes")
+
+
+def test_drop_last_gives_every_training_batch_one_shape():
+    from osr.data.sampling import ShardedBatchSampler
+
+    kept = ShardedBatchSampler(10, 4, shuffle=True, seed=1, drop_last=True)
+    assert [len(b) for b in kept] == [4, 4] and len(kept) == 2
+    kept.skip = 1  # a resumed epoch still stops before the short batch
+    assert [len(b) for b in kept] == [4]
+    assert [len(b) for b in ShardedBatchSampler(10, 4, shuffle=True, seed=1)] == [4, 4, 2]

@@ -41,6 +41,8 @@ class ImageDataModule(pl.LightningDataModule):
             the accelerator's free memory). On the CPU the data is in memory either way.
         device_eval_batch_size: evaluation and calibration batch size when the data lives on
             an accelerator (large batches keep a GPU busy).
+        drop_last: drop each training epoch's short last batch (one batch shape, as
+            ``model.compile=reduce-overhead`` needs).
     """
 
     source_name: str = ""
@@ -64,6 +66,7 @@ class ImageDataModule(pl.LightningDataModule):
         blur_sigma: Sequence[float] = (0.1, 1.0),
         on_device: bool | str = "auto",
         device_eval_batch_size: int = 4096,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         if on_device not in ("auto", True, False):
@@ -183,6 +186,7 @@ class ImageDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             pad=train,
             device=device,
+            drop_last=train and self.hparams.drop_last,
         )
         options = {
             "sampler": sampler,

@@ -16,6 +16,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
     the same number of batches, as ``DistributedSampler`` does; evaluation shards are left
     uneven and gathered with their true sizes. The indices are made on ``device``, where the
     data lives, so that a dataset resident on a GPU is indexed without a host round trip.
+    ``drop_last`` drops a short last batch, so every batch has one shape (CUDA graphs).
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         rank: int = 0,
         pad: bool = False,
         device: torch.device | str = "cpu",
+        drop_last: bool = False,
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -37,6 +39,7 @@ class ShardedBatchSampler(Sampler[Tensor]):
         self.rank = rank
         self.pad = pad
         self.device = torch.device(device)
+        self.drop_last = drop_last
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained before a resume
 
@@ -55,11 +58,11 @@ class ShardedBatchSampler(Sampler[Tensor]):
             order = torch.arange(self.size)
         order = torch.cat([order, order[: self._padded_size - self.size]]).to(self.device)
         skip, self.skip = self.skip, 0
-        yield from order[self.rank :: self.num_replicas].split(self.batch_size)[skip:]
+        yield from order[self.rank :: self.num_replicas].split(self.batch_size)[skip : len(self)]
 
     def __len__(self) -> int:
         shard = len(range(self.rank, self._padded_size, self.num_replicas))
-        return -(-shard // self.batch_size)
+        return shard // self.batch_size if self.drop_last else -(-shard // self.batch_size)
 
 
 class ResumableDataLoader(DataLoader):

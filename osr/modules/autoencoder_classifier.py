@@ -34,6 +34,7 @@ class AutoencoderClassifier(OpenSetModule):
         scheduler: dict | None = None,
         channels_last: bool = True,
         detectors: dict | None = None,
+        compile: bool | str = False,
     ) -> None:
         autoencoder, classifier = plain(autoencoder), plain(classifier)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
@@ -43,7 +44,7 @@ class AutoencoderClassifier(OpenSetModule):
         self.save_hyperparameters(logger=False)
         self.autoencoder = instantiate(autoencoder)
         self.classifier = instantiate(classifier, num_classes=len(class_names))
-        self._finish_init(channels_last)
+        self._finish_init(channels_last, compile, [self.autoencoder, self.classifier])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction, logits)."""

@@ -26,6 +26,7 @@ class Classifier(OpenSetModule):
         scheduler: dict | None = None,
         channels_last: bool = True,
         detectors: dict | None = None,
+        compile: bool | str = False,
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
@@ -33,7 +34,7 @@ class Classifier(OpenSetModule):
         super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names))
-        self._finish_init(channels_last)
+        self._finish_init(channels_last, compile, [self.net])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
