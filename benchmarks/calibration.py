@@ -11,18 +11,16 @@ import argparse
 import numpy as np
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from benchmarks import notebook
-from benchmarks.common import MIRROR, report, timed
-from osr.calibration import MeanStd, calibrate
-from osr.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.config import CONFIG_DIR
-from osr.evaluation import evaluate
+from benchmarks.common import MIRROR, offline_config, report, timed
+from osr.detectors.scores import otsu_binarize
 from osr.modules import AutoencoderClassifier
-from osr.scores import otsu_binarize
+from osr.scoring.test_sets import evaluate
+from osr.scoring.thresholds import MeanStd, calibrate
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 
 
 def notebook_loader(images: torch.Tensor, labels: torch.Tensor) -> DataLoader:
@@ -44,26 +42,12 @@ def notebook_network(model: AutoencoderClassifier) -> notebook.MLAutoencoder:
     return net.eval()
 
 
-def evaluation_config():
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "experiment=seed_repro",
-                f"paths.data_dir={MIRROR}",
-                "data.download=false",
-                "ood.sets.fashion_mnist.download=false",
-                "ood.sets.cifar10.download=false",
-            ],
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", help="a trained mlae checkpoint (random weights otherwise)")
     args = parser.parse_args()
 
-    cfg = evaluation_config()
+    cfg = offline_config("experiment=seed_repro")
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     if args.ckpt:

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from osr.utils.config import CONFIG_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIRROR = Path(os.environ.get("OSR_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
@@ -58,3 +62,18 @@ def report(name: str, rows: list[tuple[str, float, float]], extra: dict[str, Any
     }
     out.write_text(json.dumps(data, indent=2) + "\n")
     print(f"written to {out}")
+
+
+def offline_config(*overrides: str) -> DictConfig:
+    """The ``train`` config reading the offline mirror, nothing downloaded."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                *overrides,
+                f"paths.data_dir={MIRROR}",
+                "data.download=false",
+                "ood.sets.fashion_mnist.download=false",
+                "ood.sets.cifar10.download=false",
+            ],
+        )

@@ -12,29 +12,15 @@ import argparse
 import json
 import time
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from benchmarks.common import MIRROR, RESULTS, machine
+from benchmarks.common import RESULTS, machine, offline_config
 from osr.detectors.builtin import BUILTIN
 from osr.scoring.outputs import fit_detectors
 from osr.scoring.test_sets import evaluate
 from osr.scoring.thresholds import MeanStd, calibrate
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.utils.config import CONFIG_DIR, plain
-
-
-def composed():
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"paths.data_dir={MIRROR}",
-                "data.download=false",
-                "ood.sets.fashion_mnist.download=false",
-                "ood.sets.cifar10.download=false",
-            ],
-        )
+from osr.utils.config import plain
 
 
 def main() -> None:
@@ -43,7 +29,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     ckpt = read_checkpoint(args.ckpt)
-    cfg = composed()
+    cfg = offline_config()
     module = module_from_checkpoint(ckpt)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")

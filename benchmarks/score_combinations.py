@@ -15,9 +15,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.common import MIRROR, RESULTS
-from osr.checkpoints import datamodule_from_checkpoint, module_from_checkpoint, read_checkpoint
-from osr.evaluation import evaluate
-from osr.metrics import SetOutputs
+from osr.reporting.metrics import SetOutputs
+from osr.scoring.test_sets import evaluate
+from osr.utils.checkpoints import (
+    datamodule_from_checkpoint,
+    module_from_checkpoint,
+    read_checkpoint,
+)
 
 COMBINATIONS = {
     "max_logit": ["max_logit"],

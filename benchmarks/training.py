@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import notebook
 from benchmarks.common import MIRROR, RESULTS, machine
-from osr.config import CONFIG_DIR
+from osr.utils.config import CONFIG_DIR
 
 
 def compose_train(model: str, batches: int, device: str, batch_size: int):
