@@ -138,7 +138,9 @@ def test_detector_contract(name, kind, device):
     assert scores.device == test.logits.device
     assert scores.std() > 0  # one score per image, not one per batch
     with torch.no_grad():  # each image's own score, whatever else is in the batch
-        assert torch.allclose(detector.score(test.subset(slice(3, 9))), scores[3:9], atol=1e-6)
+        sub = detector.score(test.subset(slice(3, 9)))
+        # equal up to float32 rounding, which multithreaded matmuls vary with the batch size
+        assert torch.allclose(sub, scores[3:9], rtol=0, atol=1e-6 * scores.abs().max().item())
 
     state = detector.fitted_state()
     assert bool(state) == detector.requires_fit

@@ -7,6 +7,7 @@ wandb no longer ships a Python reader for it, so the tests carry this small one.
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,25 @@ def read_records(path: Path) -> Iterator[Record]:
     assert pos == len(data), f"{path}: {len(data) - pos} trailing bytes"
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list[Record]:
+    """The run's records once W&B has written its exit record: on a loaded machine
+    ``wandb.finish()`` can return before W&B's service has written the last records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(read_records(path))
+        except AssertionError:  # a record still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout} s"
+        time.sleep(0.5)
+
+
 def logged_history(path: Path) -> dict[str, list[Any]]:
     """Every value logged under each key, in logging order."""
     history: dict[str, list[Any]] = {}
-    for record in read_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "history":
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
@@ -55,7 +71,7 @@ def logged_history(path: Path) -> dict[str, list[Any]]:
 def logged_config(path: Path) -> dict[str, Any]:
     """The run's config as W&B recorded it (the last value of each top-level key)."""
     config: dict[str, Any] = {}
-    for record in read_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "config":
             for item in record.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
