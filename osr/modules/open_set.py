@@ -1,6 +1,7 @@
 """What every osr LightningModule shares: metrics, optimizers, detectors, thresholds and the
 open-set decision."""
 
+import inspect
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -314,7 +315,11 @@ class OpenSetModule(pl.LightningModule):
         scheduler_cfg = dict(self.hparams.scheduler)
         monitor = scheduler_cfg.pop("monitor", "val/loss")
         interval = scheduler_cfg.pop("interval", "epoch")
-        scheduler = instantiate(scheduler_cfg)(optimizer=optimizer)
+        build = instantiate(scheduler_cfg)
+        if "total_steps" in inspect.signature(build).parameters:
+            # schedules over the whole training (osr.optim.warmup_cosine)
+            build = partial(build, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = build(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": interval},
