@@ -36,6 +36,8 @@ class ImageDataModule(pl.LightningDataModule):
         test_limit: at most this many test images (a random subset drawn with ``seed``), None
             for all.
         download: try torchvision's download when the files are missing.
+        blur_kernel_size, blur_sigma, translate, rotate: the training augmentation (see
+            ``BatchTransform``), applied in ``on_after_batch_transfer`` on the batch's device.
         on_device: keep the uint8 tensors on the trainer's accelerator (moved once) and draw
             the index batches there: true, false, or auto (when they take under a quarter of
             the accelerator's free memory). On the CPU the data is in memory either way.
@@ -64,6 +66,8 @@ class ImageDataModule(pl.LightningDataModule):
         download: bool = True,
         blur_kernel_size: int = 3,
         blur_sigma: Sequence[float] = (0.1, 1.0),
+        translate: float = 0.0,
+        rotate: float = 0.0,
         on_device: bool | str = "auto",
         device_eval_batch_size: int = 4096,
         drop_last: bool = False,
@@ -78,7 +82,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(data_dir).expanduser()
         self.source = SOURCES[self.source_name]
-        self.transform = BatchTransform(mean, std, blur_kernel_size, blur_sigma)
+        self.transform = BatchTransform(
+            mean, std, blur_kernel_size, blur_sigma, translate=translate, rotate=rotate
+        )
         self.known_classes = list(known_classes) if known_classes is not None else None
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None

@@ -33,8 +33,43 @@ def gaussian_blur(x: Tensor, kernel_size: int, sigma: Tensor) -> Tensor:
     return sum(kernel[:, :, i] * rows[:, :, i : i + h, :] for i in range(kernel_size))
 
 
+def affine(x: Tensor, degrees: Tensor, shift: Tensor) -> Tensor:
+    """Rotate each image by ``degrees`` (B,) about its centre, counterclockwise as displayed
+    (rows down), then move it by ``shift`` (B, 2) pixels (right, down); bilinear, zeros
+    outside. One batched resampling for the whole batch.
+    """
+    b, _, h, w = x.shape
+    angle = degrees.to(torch.float32).deg2rad()
+    cos, sin = angle.cos(), angle.sin()
+    # affine_grid maps each output position to the input position it samples, in [-1, 1]
+    # (a pixel spans 2/size): the inverse of the motion of the content
+    tx, ty = -shift[:, 0].float() * 2 / w, -shift[:, 1].float() * 2 / h
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, cos * tx - sin * ty], dim=1),
+            torch.stack([sin, cos, sin * tx + cos * ty], dim=1),
+        ],
+        dim=1,
+    ).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(x: Tensor, translate: float, rotate: float) -> Tensor:
+    """Shift each image by up to ``translate`` pixels along each axis and rotate it by up to
+    ``rotate`` degrees, drawn uniformly and independently per image on ``x``'s device: random
+    crops with padding and small rotations in one resampling. Never flips (a flipped digit is
+    another symbol or none).
+    """
+    b = x.shape[0]
+    degrees = torch.empty(b, device=x.device).uniform_(-rotate, rotate)
+    shift = torch.empty(b, 2, device=x.device).uniform_(-translate, translate)
+    return affine(x, degrees, shift)
+
+
 class BatchTransform(nn.Module):
-    """uint8 images -> normalized float images, optionally blurred (training augmentation).
+    """uint8 images -> normalized float images; in training, optionally shifted and rotated
+    (``translate`` pixels, ``rotate`` degrees; 0 = off), then blurred.
 
     With 3-channel statistics, RGB input is normalized per channel and then converted to
     grayscale (the notebook's CIFAR-10 pipeline); with 1-channel statistics RGB input is
@@ -47,8 +82,16 @@ class BatchTransform(nn.Module):
         std: Sequence[float],
         blur_kernel_size: int = 3,
         blur_sigma: Sequence[float] = (0.1, 1.0),
+        translate: float = 0.0,
+        rotate: float = 0.0,
     ) -> None:
         super().__init__()
+        if translate < 0 or rotate < 0:
+            raise OSRError(
+                f"data.translate={translate} and data.rotate={rotate} are the largest shift "
+                "(pixels) and rotation (degrees) of the training augmentation: use values "
+                ">= 0, e.g. data.translate=2 data.rotate=10 (0 turns them off)"
+            )
         mean_t = torch.as_tensor(list(_as_seq(mean)), dtype=torch.float32)
         std_t = torch.as_tensor(list(_as_seq(std)), dtype=torch.float32)
         if mean_t.shape != std_t.shape or mean_t.numel() not in (1, 3):
@@ -60,9 +103,13 @@ class BatchTransform(nn.Module):
         self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
         self.blur_kernel_size = blur_kernel_size
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.translate, self.rotate = float(translate), float(rotate)
 
     def forward(self, images: Tensor, augment: bool = False) -> Tensor:
         x = images.to(self.mean.device, torch.float32) / 255.0
+        if augment and (self.translate or self.rotate):
+            # on [0, 1] pixels, so what moves in from outside is black background
+            x = random_affine(x, self.translate, self.rotate)
         if x.shape[1] == 3 and self.mean.shape[1] == 1:
             x = to_grayscale(x)
         x = (x - self.mean) / self.std
