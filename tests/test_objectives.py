@@ -239,6 +239,10 @@ def test_detectors_follow_the_objective(name, caplog):
         if obj.score_name:
             own_score = module.detectors[obj.score_name].score(outputs)
             assert torch.equal(own_score, obj.score(outputs.features, outputs.logits))
+        for detector in module.detectors.values():  # odin differentiates classify
+            if not detector.requires_fit:
+                scores = detector.score(outputs)
+                assert scores.shape == (5,) and torch.isfinite(scores).all(), detector.name
 
 
 def test_objective_terms_are_logged_and_its_parameters_trained():
