@@ -259,6 +259,20 @@ def test_objective_terms_are_logged_and_its_parameters_trained():
     assert not torch.equal(centers, before)
 
 
+@pytest.mark.parametrize("kind", ["baseline", "mlae"])
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_every_trainable_parameter_gets_a_gradient(name, kind):
+    """What DDP requires of every step (it refuses trainable parameters left without a
+    gradient): a head that the objective does not read is frozen."""
+    module = build_module(f"model={kind}", f"objective={name}").train()
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    module.training_step((x, y), 0).backward()
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    head = module.classifier_net.head
+    assert head.weight.requires_grad == module.objective.uses_head
+
+
 def test_ii_running_means_are_state_and_restart_every_epoch():
     module = build_module("model=baseline", "objective=ii")
     assert isinstance(module.objective, IILoss)
@@ -344,6 +358,7 @@ def test_arpl_run_and_its_checkpoint_in_evaluate_calibrate_and_predict(
     trained = objects["model"]
     assert torch.equal(ckpt["state_dict"]["objective.points"], trained.objective.points.detach())
     assert "arpl" in ckpt["osr_thresholds"]
+    assert not trained.net.head.weight.requires_grad  # ARPL does not read the head
     report = (run / "report.md").read_text()
     assert "- **objective**: ARPL (weight=0.1, temperature=1.0, margin=1.0)" in report
 

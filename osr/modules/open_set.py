@@ -99,8 +99,11 @@ class OpenSetModule(pl.LightningModule):
         ``reduce-overhead`` (CUDA graphs; pair it with ``data.drop_last=true``). The networks
         are compiled in place, so parameter names and checkpoints do not change.
         """
-        feature_dim = self.classifier_net.head.in_features
-        self.objective: Objective = build_objective(objective, self.num_classes, feature_dim)
+        head = self.classifier_net.head
+        self.objective: Objective = build_objective(objective, self.num_classes, head.in_features)
+        if not self.objective.uses_head:
+            # no gradient would reach it, and DDP refuses trainable parameters without one
+            head.requires_grad_(False)
         self.loss_terms = (*type(self).loss_terms, *self.objective.terms)
         if len(set(self.loss_terms)) < len(self.loss_terms):
             raise OSRError(

@@ -18,7 +18,7 @@ class ARPL(Objective):
 
     - d_e(x, P_k) = mean over the D dimensions of (x - P_k)^2, d_d(x, P_k) = x . P_k;
     - logits_k = d_e(x, P_k) - d_d(x, P_k): far from a class's reciprocal point = that class
-      (the head is not used);
+      (the head is not used, so the module freezes it);
     - loss = CE(logits / temperature, y)
       + weight * mean_i max(d_e(x_i, P_{y_i}) - R + margin, 0),
       the open-space term bounding the known classes' distance to their reciprocal points by
@@ -32,6 +32,7 @@ class ARPL(Objective):
 
     terms = ("ce", "open_space")
     uses_head_as_logits = False
+    uses_head = False
     needs_features = True
     score_name = "arpl"
 

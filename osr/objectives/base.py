@@ -29,6 +29,8 @@ class Objective(nn.Module):
     - ``uses_head_as_logits``: whether the logits are the linear head's output. When not, the
       module does not hand the head to detectors (ViM, ReAct, DICE, ASH and fDBD assume
       ``head(features)`` are the logits);
+    - ``uses_head``: whether ``logits`` or ``loss`` read the head at all. A head they do not
+      read is frozen by the module: DDP refuses trainable parameters that get no gradient;
     - ``needs_features``: whether ``logits`` or ``loss`` read the penultimate features. When
       not, a training step takes the logits from the network's own forward (as compiled by
       ``model.compile``) and ``loss`` gets ``features=None``;
@@ -42,6 +44,7 @@ class Objective(nn.Module):
 
     terms: tuple[str, ...] = ()
     uses_head_as_logits: bool = True
+    uses_head: bool = True
     needs_features: bool = False
     score_name: str | None = None
 
