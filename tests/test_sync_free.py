@@ -34,9 +34,20 @@ def host_syncs(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("kind", ["baseline", "mlae"])
-def test_training_step_and_update_make_no_host_sync(kind, train_cfg, host_syncs):
-    cfg = train_cfg(f"model={kind}")
+@pytest.mark.parametrize(
+    ("kind", "objective"),
+    [
+        ("baseline", "ce"),
+        ("mlae", "ce"),
+        # osr's own objectives; pytorch-ood's losses (logitnorm, center, ii) test their labels
+        # for unknowns (drop_unknown) on the host
+        ("baseline", "label_smoothing"),
+        ("baseline", "cac"),
+        ("mlae", "arpl"),
+    ],
+)
+def test_training_step_and_update_make_no_host_sync(kind, objective, train_cfg, host_syncs):
+    cfg = train_cfg(f"model={kind}", f"objective={objective}")
     module = instantiate(cfg.model, class_names=[str(c) for c in range(10)])
     optimizer = module.configure_optimizers()  # the configured (fused) Adam
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10

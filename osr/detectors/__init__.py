@@ -8,6 +8,7 @@ from osr.detectors.adapter import PytorchOOD
 from osr.detectors.base import OUTPUTS, Detector, ModelOutputs
 from osr.detectors.builtin import MSP, BinaryDiff, Energy, MaxLogit, ReconL2
 from osr.detectors.class_distance import ClassDistance
+from osr.detectors.objective_score import ObjectiveScore
 from osr.detectors.registry import (
     build_detectors,
     check_names,
@@ -27,6 +28,7 @@ __all__ = [
     "Energy",
     "MaxLogit",
     "ModelOutputs",
+    "ObjectiveScore",
     "PytorchOOD",
     "ReconL2",
     "build_detectors",

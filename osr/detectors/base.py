@@ -9,17 +9,22 @@ fitted state is a dict of plain tensors, so it travels in a checkpoint that
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from osr.utils.errors import OSRError
 
+if TYPE_CHECKING:
+    from osr.objectives import Objective
+
 # What a detector may need of the model, by the ModelOutputs field that carries it:
 # images (the model's input), logits, features (penultimate activations), recon (the
 # autoencoder's reconstruction), head (the last layer: weight, bias, features -> logits) and
-# classify (images -> logits, differentiable, for input-gradient detectors such as ODIN).
-OUTPUTS = ("images", "logits", "features", "recon", "head", "classify")
+# classify (images -> logits, differentiable, for input-gradient detectors such as ODIN) and
+# objective (the training objective, for its own score: ``osr.objectives.Objective.score``).
+OUTPUTS = ("images", "logits", "features", "recon", "head", "classify", "objective")
 _PER_IMAGE = ("images", "logits", "features", "recon", "labels")
 
 
@@ -35,6 +40,7 @@ class ModelOutputs:
     labels: Tensor | None = None
     head: nn.Linear | None = None
     classify: Callable[[Tensor], Tensor] | None = None
+    objective: "Objective | None" = None
 
     @property
     def provided(self) -> frozenset[str]:
@@ -56,7 +62,8 @@ class ModelOutputs:
 
     @classmethod
     def cat(cls, parts: Sequence["ModelOutputs"]) -> "ModelOutputs":
-        """Batches joined along the first dimension; head and classify are the first's."""
+        """Batches joined along the first dimension; head, classify and objective are the
+        first's."""
         if not parts:
             raise ValueError("ModelOutputs.cat needs at least one batch")
         first = parts[0]

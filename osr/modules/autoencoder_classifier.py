@@ -4,7 +4,7 @@ from collections.abc import Collection
 
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch import Tensor
+from torch import Tensor, nn
 
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
@@ -12,7 +12,8 @@ from osr.utils.config import plain
 
 
 class AutoencoderClassifier(OpenSetModule):
-    """loss = rec_weight * MSE(recon, x) + cls_weight * CE(logits, y).
+    """loss = rec_weight * MSE(recon, x) + cls_weight * objective(logits, y), the objective
+    being cross-entropy unless ``objective`` (a ``model.objective`` config) says otherwise.
 
     The classifier sees the input image (not the latent vector), as in the notebook; the
     reconstruction error is what says UNKNOWN.
@@ -35,20 +36,27 @@ class AutoencoderClassifier(OpenSetModule):
         channels_last: bool = True,
         detectors: dict | None = None,
         compile: bool | str = False,
+        objective: dict | None = None,
     ) -> None:
         autoencoder, classifier = plain(autoencoder), plain(classifier)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
-        detectors = plain(detectors)
+        detectors, objective = plain(detectors), plain(objective)
         super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
         self.save_hyperparameters(logger=False)
         self.autoencoder = instantiate(autoencoder)
         self.classifier = instantiate(classifier, num_classes=len(class_names))
-        self._finish_init(channels_last, compile, [self.autoencoder, self.classifier])
+        networks = [self.autoencoder, self.classifier]
+        self._finish_init(channels_last, compile, networks, objective)
+
+    @property
+    def classifier_net(self) -> nn.Module:
+        return self.classifier
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(reconstruction, logits)."""
-        return self.autoencoder(x), self.classifier(x)
+        """(reconstruction, the objective's logits)."""
+        recon = self.autoencoder(x)
+        return recon, self._classifier_step(x)[0]
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.autoencoder(x)
@@ -62,21 +70,12 @@ class AutoencoderClassifier(OpenSetModule):
         classifier's penultimate features, last layer and logits (see
         ``Classifier.model_outputs``; eval mode). The autoencoder runs only when ``needs``
         (default: everything) holds ``recon``: fitting on the training split seldom does."""
-        features = self.classifier.features(x)
-        head = self.classifier.head
-        return ModelOutputs(
-            logits=head(features),
-            features=features,
-            images=x,
-            recon=self.autoencoder(x) if needs is None or "recon" in needs else None,
-            head=head,
-            classify=self.classifier,
-        )
+        recon = self.autoencoder(x) if needs is None or "recon" in needs else None
+        return self._classifier_outputs(x, recon=recon)
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        recon, logits = self(x)
+        recon = self.autoencoder(x)
+        cls_loss, logits, terms = self._objective_loss(x, y)
         rec_mse = F.mse_loss(recon, x)
-        loss = self.hparams.rec_weight * rec_mse + self.hparams.cls_weight * F.cross_entropy(
-            logits, y
-        )
-        return loss, logits, {"rec_mse": rec_mse}
+        loss = self.hparams.rec_weight * rec_mse + self.hparams.cls_weight * cls_loss
+        return loss, logits, {"rec_mse": rec_mse, **terms}

@@ -1,10 +1,10 @@
-"""The baseline: any classifier network trained with cross-entropy."""
+"""The baseline: any classifier network, trained with a training objective (cross-entropy by
+default)."""
 
 from collections.abc import Collection
 
-import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch import Tensor
+from torch import Tensor, nn
 
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
@@ -12,7 +12,12 @@ from osr.utils.config import plain
 
 
 class Classifier(OpenSetModule):
-    """Scores from the logits alone (``msp``, ``max_logit``, ``energy``)."""
+    """Scores from the logits alone (``msp``, ``max_logit``, ``energy``), the features, and
+    the objective's own score when it has one.
+
+    ``objective``: a ``model.objective`` config (``conf/objective/``); None trains with
+    cross-entropy, as checkpoints saved before objectives existed were.
+    """
 
     builtin_detectors = ("msp", "max_logit", "energy")
     provides = frozenset({"images", "logits", "features", "head", "classify"})
@@ -27,17 +32,23 @@ class Classifier(OpenSetModule):
         channels_last: bool = True,
         detectors: dict | None = None,
         compile: bool | str = False,
+        objective: dict | None = None,
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
-        detectors = plain(detectors)
+        detectors, objective = plain(detectors), plain(objective)
         super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names))
-        self._finish_init(channels_last, compile, [self.net])
+        self._finish_init(channels_last, compile, [self.net], objective)
+
+    @property
+    def classifier_net(self) -> nn.Module:
+        return self.net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        """The objective's logits (the network's forward for cross-entropy)."""
+        return self._classifier_step(x)[0]
 
     def model_outputs(self, x: Tensor, needs: Collection[str] | None = None) -> ModelOutputs:
         """What detectors read, from one pass: the network (``model.net``) must provide
@@ -45,12 +56,7 @@ class Classifier(OpenSetModule):
         ``ConvNet`` does. Call it in eval mode, where ``head(features)`` is ``forward``.
         ``needs`` is accepted for symmetry with the autoencoder-classifier: one pass gives
         everything here."""
-        features = self.net.features(x)
-        head = self.net.head
-        return ModelOutputs(
-            logits=head(features), features=features, images=x, head=head, classify=self.net
-        )
+        return self._classifier_outputs(x)
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        logits = self(x)
-        return F.cross_entropy(logits, y), logits, {}
+        return self._objective_loss(x, y)

@@ -14,8 +14,15 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from osr.data.labels import unknown_label
-from osr.detectors import ModelOutputs, build_detectors, check_names, score_detectors
+from osr.detectors import (
+    ModelOutputs,
+    ObjectiveScore,
+    build_detectors,
+    check_names,
+    score_detectors,
+)
 from osr.detectors.builtin import BUILTIN
+from osr.objectives import Objective, build_objective
 from osr.utils.config import plain
 from osr.utils.errors import NotCalibratedError, OSRError
 from osr.utils.metric_state import load_metric_states, metric_states
@@ -28,16 +35,22 @@ DETECTORS_KEY = "osr_detectors"  # checkpoint key of the detectors' fitted state
 class OpenSetModule(pl.LightningModule):
     """A classifier over K known classes that can also answer UNKNOWN (label K).
 
-    Subclasses implement ``model_outputs(x) -> ModelOutputs`` (what detectors read: logits,
-    penultimate features, last layer, ...), declare what it ``provides``, and implement
-    ``_loss(x, y) -> (loss, logits, extra logs)``. The detectors come from the ``detectors``
-    config (name -> ``_target_``); thresholds are kept by detector name. Both travel in
-    checkpoints beside the weights (``THRESHOLDS_KEY``, ``DETECTORS_KEY``), so the
-    ``state_dict`` does not depend on which detectors run.
+    Subclasses build their networks, then call ``_finish_init``; they implement
+    ``model_outputs(x) -> ModelOutputs`` (what detectors read: logits, penultimate features,
+    last layer, ...), declare what it ``provides``, and implement ``_loss(x, y) -> (loss,
+    logits, extra logs)``. The classifier network (``classifier_net``: ``features(x)`` and
+    ``head``) is trained with the ``objective`` (``osr.objectives``; cross-entropy by default),
+    which also gives the logits. The detectors come from the ``detectors`` config (name ->
+    ``_target_``), plus the objective's own score when it has one; thresholds are kept by
+    detector name. Both travel in checkpoints beside the weights (``THRESHOLDS_KEY``,
+    ``DETECTORS_KEY``), so the ``state_dict`` does not depend on which detectors run.
     """
 
-    loss_terms: tuple[str, ...] = ()  # parts of the loss that ``_loss`` also reports
-    provides: frozenset[str] = frozenset()  # what ``model_outputs`` fills in
+    # parts of the loss that ``_loss`` also reports; an instance adds its objective's terms
+    loss_terms: tuple[str, ...] = ()
+    # what ``model_outputs`` fills in for a cross-entropy objective; an instance drops "head"
+    # when its objective's logits are not the head's, and adds "objective" when it has a score
+    provides: frozenset[str] = frozenset()
     # the scores of checkpoints written before the detectors config, in the order of their
     # ``thresholds`` buffer
     builtin_detectors: tuple[str, ...] = ()
@@ -55,7 +68,7 @@ class OpenSetModule(pl.LightningModule):
             detectors = {name: {"_target_": BUILTIN[name]} for name in self.builtin_detectors}
         if not voting_scores:
             raise OSRError("model.voting_scores is empty: name one or more detectors.")
-        self.replace_detectors(detectors, voting_scores)
+        self._pending_detectors = (detectors, voting_scores)  # built by _finish_init
         # no argument checks and no NaN checks: each would wait for the device every step
         mean = partial(MeanMetric, nan_strategy="disable")
         accuracy = partial(
@@ -63,7 +76,6 @@ class OpenSetModule(pl.LightningModule):
         )
         self.train_loss, self.val_loss, self.test_loss = mean(), mean(), mean()
         self.train_acc = accuracy()
-        self.train_terms = nn.ModuleDict({name: mean() for name in self.loss_terms})
         self.val_acc = accuracy()
         self.test_acc = accuracy()
         self.val_acc_best = MaxMetric()
@@ -73,14 +85,43 @@ class OpenSetModule(pl.LightningModule):
         self.register_buffer("_nonfinite", torch.tensor([-1.0, 0.0]), persistent=False)
 
     def _finish_init(
-        self, channels_last: bool, compile: bool | str, networks: list[nn.Module]
+        self,
+        channels_last: bool,
+        compile: bool | str,
+        networks: list[nn.Module],
+        objective: Mapping[str, Any] | None = None,
     ) -> None:
-        """Called by subclasses once their ``networks`` exist.
+        """Called by subclasses once their ``networks`` exist: builds the ``objective`` (its
+        config; None: cross-entropy) on ``classifier_net``, the loss-term metrics and the
+        detectors. Built after the networks, an objective's parameters leave the networks'
+        random initialization as it was.
 
         ``compile``: false, true (``torch.compile``'s default mode) or a mode name such as
         ``reduce-overhead`` (CUDA graphs; pair it with ``data.drop_last=true``). The networks
         are compiled in place, so parameter names and checkpoints do not change.
         """
+        head = self.classifier_net.head
+        self.objective: Objective = build_objective(objective, self.num_classes, head.in_features)
+        if not self.objective.uses_head:
+            # no gradient would reach it, and DDP refuses trainable parameters without one
+            head.requires_grad_(False)
+        self.loss_terms = (*type(self).loss_terms, *self.objective.terms)
+        if len(set(self.loss_terms)) < len(self.loss_terms):
+            raise OSRError(
+                f"model.objective: {type(self.objective).__name__}'s loss terms "
+                f"{list(self.objective.terms)} clash with {type(self).__name__}'s "
+                f"{list(type(self).loss_terms)}; rename them."
+            )
+        mean = partial(MeanMetric, nan_strategy="disable")
+        self.train_terms = nn.ModuleDict({name: mean() for name in self.loss_terms})
+        provides = set(type(self).provides)
+        if not self.objective.uses_head_as_logits:
+            provides.discard("head")  # head(features) are not this model's logits
+        if self.objective.score_name is not None:
+            provides.add("objective")
+        self.provides = frozenset(provides)
+        self.replace_detectors(*self._pending_detectors)
+        del self._pending_detectors
         if channels_last:
             # NHWC lets oneDNN run these small convs and max-pools about 2x faster on CPU.
             self.to(memory_format=torch.channels_last)
@@ -101,6 +142,54 @@ class OpenSetModule(pl.LightningModule):
     def unknown_label(self) -> int:
         return unknown_label(self.num_classes)
 
+    # --- the classifier and its objective ---------------------------------------------------
+    @property
+    def classifier_net(self) -> nn.Module:
+        """The network that classifies: ``features(x)`` (penultimate activations) and
+        ``head`` (the last ``nn.Linear``), as ``ConvNet`` has."""
+        raise NotImplementedError
+
+    def _classifier_step(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(logits, features) of a training, validation or test step. With an objective that
+        reads only the head's logits they come from the network's own forward (compiled by
+        ``model.compile``, with its dropout before the head), and features are None."""
+        net = self.classifier_net
+        if not self.objective.needs_features:
+            return net(x), None
+        features = net.features(x)
+        return self.objective.logits(features, net.head), features
+
+    def _objective_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(the objective's loss, logits, its terms) of a batch."""
+        logits, features = self._classifier_step(x)
+        loss, terms = self.objective.loss(features, logits, y, self.classifier_net.head)
+        return loss, logits, terms
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Images -> the objective's logits, differentiable (what ODIN reads as ``classify``
+        when the logits are not the head's). Eval mode."""
+        net = self.classifier_net
+        return self.objective.logits(net.features(x), net.head)
+
+    def _classifier_outputs(self, x: Tensor, **more: Any) -> ModelOutputs:
+        """What detectors read of the classifier, from one pass (eval mode): logits from the
+        objective, features, and the head, the classifier and the objective where they mean
+        what detectors take them for."""
+        net = self.classifier_net
+        features = net.features(x)
+        head = net.head
+        objective = self.objective
+        head_logits = objective.uses_head_as_logits
+        return ModelOutputs(
+            logits=objective.logits(features, head),
+            features=features,
+            images=x,
+            head=head if head_logits else None,
+            classify=net if head_logits else self.classify,
+            objective=objective if objective.score_name is not None else None,
+            **more,
+        )
+
     # --- open-set interface -------------------------------------------------------------
     def model_outputs(self, x: Tensor, needs: Any = None) -> ModelOutputs:
         raise NotImplementedError
@@ -108,8 +197,21 @@ class OpenSetModule(pl.LightningModule):
     def replace_detectors(
         self, detectors: Mapping[str, Any], voting_scores: list[str] | None = None
     ) -> None:
-        """Build the detectors of a ``detectors`` config (unfitted, no thresholds yet)."""
-        self.detectors = nn.ModuleDict(build_detectors(plain(detectors), self.provides))
+        """Build the detectors of a ``detectors`` config (unfitted, no thresholds yet), after
+        the objective's own score when it has one."""
+        built = build_detectors(plain(detectors), self.provides)
+        name = self.objective.score_name
+        if name is not None:
+            if name in built:
+                raise OSRError(
+                    f"detectors.{name}: {name} is the score of model.objective "
+                    f"({type(self.objective).__name__}), which every detector set holds; "
+                    "rename the entry."
+                )
+            own = ObjectiveScore()
+            own.name = name
+            built = {name: own, **built}
+        self.detectors = nn.ModuleDict(built)
         check_names(
             voting_scores or self.hparams.voting_scores, self.detectors, "model.voting_scores"
         )
@@ -205,6 +307,9 @@ class OpenSetModule(pl.LightningModule):
     # --- training -------------------------------------------------------------------------
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def on_train_epoch_start(self) -> None:
+        self.objective.start_epoch()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

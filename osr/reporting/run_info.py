@@ -10,8 +10,13 @@ def describe(cfg: DictConfig, checkpoint: str | None) -> dict[str, Any]:
     known = data.get("known_classes")
     ood = cfg.get("ood") or {}
     rule = cfg.get("calibration") or {}
+    # checkpoints from before objectives have none in their config: they trained with CE
+    objective = cfg.model.get("objective") or {"_target_": "osr.objectives.CrossEntropy"}
+    settings = ", ".join(f"{k}={v}" for k, v in objective.items() if k != "_target_")
     return {
         "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "objective": objective["_target_"].rsplit(".", 1)[-1]
+        + (f" ({settings})" if settings else ""),
         "voting scores": ", ".join(cfg.model.voting_scores),
         "data": data._target_.rsplit(".", 1)[-1]
         + (f" (known classes {list(known)})" if known is not None else " (all classes known)"),
