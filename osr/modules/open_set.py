@@ -30,6 +30,8 @@ from osr.utils.metric_state import load_metric_states, metric_states
 TRAIN_METRICS_KEY = "osr_train_metrics"  # checkpoint key of the epoch's accumulated figures
 THRESHOLDS_KEY = "osr_thresholds"  # checkpoint key of the calibrated thresholds, by detector
 DETECTORS_KEY = "osr_detectors"  # checkpoint key of the detectors' fitted state, by detector
+# no NaN checks: each would wait for the device every step
+mean_metric = partial(MeanMetric, nan_strategy="disable")
 
 
 class OpenSetModule(pl.LightningModule):
@@ -69,12 +71,11 @@ class OpenSetModule(pl.LightningModule):
         if not voting_scores:
             raise OSRError("model.voting_scores is empty: name one or more detectors.")
         self._pending_detectors = (detectors, voting_scores)  # built by _finish_init
-        # no argument checks and no NaN checks: each would wait for the device every step
-        mean = partial(MeanMetric, nan_strategy="disable")
+        # no argument checks (nor NaN checks, ``mean_metric``): each would wait for the device
         accuracy = partial(
             MulticlassAccuracy, len(class_names), average="micro", validate_args=False
         )
-        self.train_loss, self.val_loss, self.test_loss = mean(), mean(), mean()
+        self.train_loss, self.val_loss, self.test_loss = mean_metric(), mean_metric(), mean_metric()
         self.train_acc = accuracy()
         self.val_acc = accuracy()
         self.test_acc = accuracy()
@@ -112,8 +113,7 @@ class OpenSetModule(pl.LightningModule):
                 f"{list(self.objective.terms)} clash with {type(self).__name__}'s "
                 f"{list(type(self).loss_terms)}; rename them."
             )
-        mean = partial(MeanMetric, nan_strategy="disable")
-        self.train_terms = nn.ModuleDict({name: mean() for name in self.loss_terms})
+        self.train_terms = nn.ModuleDict({name: mean_metric() for name in self.loss_terms})
         provides = set(type(self).provides)
         if not self.objective.uses_head_as_logits:
             provides.discard("head")  # head(features) are not this model's logits
