@@ -248,7 +248,7 @@ def test_detectors_follow_the_objective(name, caplog):
 def test_objective_terms_are_logged_and_its_parameters_trained():
     module = build_module("model=mlae", "objective=center")
     assert module.loss_terms == ("rec_mse", "ce", "center")
-    assert list(module.train_terms) == ["rec_mse", "ce", "center"]
+    assert module.train_sums.names == ("loss", "rec_mse", "ce", "center")
     optimizer = module.configure_optimizers()
     centers = module.objective.centers
     assert any(p is centers for group in optimizer.param_groups for p in group["params"])

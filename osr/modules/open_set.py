@@ -22,6 +22,7 @@ from osr.detectors import (
     score_detectors,
 )
 from osr.detectors.builtin import BUILTIN
+from osr.modules.epoch_sums import EpochSums
 from osr.objectives import Objective, build_objective
 from osr.utils.config import plain
 from osr.utils.errors import NotCalibratedError, OSRError
@@ -75,8 +76,7 @@ class OpenSetModule(pl.LightningModule):
         accuracy = partial(
             MulticlassAccuracy, len(class_names), average="micro", validate_args=False
         )
-        self.train_loss, self.val_loss, self.test_loss = mean_metric(), mean_metric(), mean_metric()
-        self.train_acc = accuracy()
+        self.val_loss, self.test_loss = mean_metric(), mean_metric()
         self.val_acc = accuracy()
         self.test_acc = accuracy()
         self.val_acc_best = MaxMetric()
@@ -113,7 +113,7 @@ class OpenSetModule(pl.LightningModule):
                 f"{list(self.objective.terms)} clash with {type(self).__name__}'s "
                 f"{list(type(self).loss_terms)}; rename them."
             )
-        self.train_terms = nn.ModuleDict({name: mean_metric() for name in self.loss_terms})
+        self.train_sums = EpochSums(("loss", *self.loss_terms))
         provides = set(type(self).provides)
         if not self.objective.uses_head_as_logits:
             provides.discard("head")  # head(features) are not this model's logits
@@ -314,14 +314,10 @@ class OpenSetModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss, logits, extra = self._loss(x, y)
-        self._record_nonfinite(loss.detach())
-        # one value per image: a sample-weighted mean (MeanMetric drops the weight argument
-        # when its NaN checks are disabled)
-        n = len(y)
-        self.train_loss.update(loss.detach().expand(n))
-        self.train_acc.update(logits.detach(), y)
-        for name, value in extra.items():
-            self.train_terms[name].update(value.detach().expand(n))
+        loss_value = loss.detach()
+        self._record_nonfinite(loss_value)
+        values = [loss_value, *(extra[name].detach() for name in self.loss_terms)]
+        self.train_sums.update(values, logits.detach(), y)
         return loss
 
     def _record_nonfinite(self, loss: Tensor) -> None:
@@ -329,9 +325,8 @@ class OpenSetModule(pl.LightningModule):
         here with ``bool()`` would wait for the device every step (``FiniteLossGuard`` looks)."""
         first = self._nonfinite[0] < 0
         bad = first & ~torch.isfinite(loss)
-        self._nonfinite = torch.where(
-            bad, torch.stack([torch.full_like(loss, self.global_step), loss]), self._nonfinite
-        )
+        record = torch.stack([torch.full_like(loss, self.global_step), loss])
+        torch.where(bad, record, self._nonfinite, out=self._nonfinite)
 
     def check_finite_loss(self, window: str) -> None:
         """Raise if a training loss has been NaN or infinite (one device sync)."""
@@ -356,20 +351,16 @@ class OpenSetModule(pl.LightningModule):
         Steps only accumulate them: ``self.log`` of a metric in every step cost about a third
         of a ConvNet step on CPU. ``on_train_epoch_end`` logs them once.
         """
-        metrics = {"train/loss": self.train_loss.compute(), "train/acc": self.train_acc.compute()}
-        metrics.update({f"train/{name}": m.compute() for name, m in self.train_terms.items()})
-        return metrics
+        return {f"train/{name}": value for name, value in self.train_sums.compute().items()}
 
     def on_train_epoch_end(self) -> None:
         metrics = self.train_epoch_metrics()
         self.log("train/acc", metrics.pop("train/acc"), prog_bar=True)
         self.log_dict(metrics)
-        for metric in self._train_metrics().values():
-            metric.reset()
+        self.train_sums.reset()
 
     def _train_metrics(self) -> dict[str, Metric]:
-        terms = {f"term/{name}": m for name, m in self.train_terms.items()}
-        return {"loss": self.train_loss, "acc": self.train_acc, **terms}
+        return {"sums": self.train_sums}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_open_set_state(checkpoint)
@@ -380,7 +371,9 @@ class OpenSetModule(pl.LightningModule):
         at an epoch's last batch in the next epoch, skipping that epoch's end: then the saved
         figures belong to an epoch that is over and are dropped."""
         saved, self._saved_train_metrics = self._saved_train_metrics, None
-        if saved and saved["epoch"] == self.current_epoch and self.trainer.is_global_zero:
+        # states saved before the figures became one sum (other names) are not put back
+        same_layout = saved and saved["states"].keys() == self._train_metrics().keys()
+        if same_layout and saved["epoch"] == self.current_epoch and self.trainer.is_global_zero:
             load_metric_states(self._train_metrics(), saved["states"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
