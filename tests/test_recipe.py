@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from osr.data.transforms import BatchTransform, affine, random_affine
 from osr.optim import warmup_cosine
 from osr.utils.errors import OSRError
+from tests.conftest import TINY_TRAINING
 
 
 def dot(row: int, col: int, n: int = 1) -> torch.Tensor:
@@ -126,3 +127,46 @@ def test_recipe_trains_through_the_real_config(train_cfg):
     # six steps, warm-up int(0.05 * 6) = 0: the cosine at 6/6 of the way down
     assert lr == pytest.approx(cfg.model.optimizer.lr * (0.1 + 0.9 * (1 + math.cos(math.pi)) / 2))
     assert isinstance(trainer.optimizers[0], torch.optim.SGD)
+
+
+@pytest.mark.parametrize("kind", ["baseline", "mlae"])
+def test_test_rotations_average_the_features_of_the_rotated_copies(kind):
+    """The features detectors read are the mean over the image and its copies rotated by
+    ``model.test_rotations`` (checked against torch.rot90); the logits follow them."""
+    from tests.test_models import make_module
+
+    torch.manual_seed(0)
+    module = make_module(kind).eval()
+    rotating = type(module)(**{**module.hparams, "test_rotations": [90, 180]}).eval()
+    rotating.load_state_dict(module.state_dict())
+    net = module.classifier_net
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        views = [net.features(torch.rot90(x, k, dims=(2, 3))) for k in (0, 1, 2)]
+        expected = torch.stack(views).mean(dim=0)
+        outputs = rotating.model_outputs(x)
+        assert torch.allclose(outputs.features, expected, atol=1e-5)
+        assert torch.allclose(outputs.logits, net.head(expected), atol=1e-5)
+        assert not torch.allclose(expected, views[0], atol=1e-3)  # the views do differ
+        assert torch.equal(module.model_outputs(x).features, views[0])  # off by default
+
+
+@pytest.mark.slow
+def test_test_rotations_travel_in_the_checkpoint_to_evaluate(train_cfg, evaluate_cfg, tmp_path):
+    """Detectors fitted, thresholds calibrated and test sets scored on the views' features;
+    evaluating the checkpoint later gives the same figures."""
+    import json
+
+    from osr.evaluate import evaluate_checkpoint
+    from osr.train import train
+    from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+
+    cfg = train_cfg("model=baseline", "model.test_rotations=[10,-10]", *TINY_TRAINING)
+    train(cfg)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    module = module_from_checkpoint(read_checkpoint(best))
+    assert module._test_rotations.tolist() == [10.0, -10.0]
+    again = evaluate_checkpoint(evaluate_cfg(best))
+    for key, value in saved.items():
+        assert again[key] == (value if isinstance(value, list) else pytest.approx(value)), key

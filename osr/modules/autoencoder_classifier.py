@@ -1,6 +1,6 @@
 """The notebook's ML_Autoencoder: an autoencoder trained jointly with a classifier head."""
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -37,12 +37,16 @@ class AutoencoderClassifier(OpenSetModule):
         detectors: dict | None = None,
         compile: bool | str = False,
         objective: dict | None = None,
+        test_rotations: Sequence[float] = (),
     ) -> None:
         autoencoder, classifier = plain(autoencoder), plain(classifier)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
         detectors, objective = plain(detectors), plain(objective)
-        super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
+        test_rotations = list(plain(test_rotations))
+        super().__init__(
+            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations
+        )
         self.save_hyperparameters(logger=False)
         self.autoencoder = instantiate(autoencoder)
         self.classifier = instantiate(classifier, num_classes=len(class_names))

@@ -1,7 +1,7 @@
 """The baseline: any classifier network, trained with a training objective (cross-entropy by
 default)."""
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from hydra.utils import instantiate
 from torch import Tensor, nn
@@ -33,11 +33,15 @@ class Classifier(OpenSetModule):
         detectors: dict | None = None,
         compile: bool | str = False,
         objective: dict | None = None,
+        test_rotations: Sequence[float] = (),
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
         detectors, objective = plain(detectors), plain(objective)
-        super().__init__(optimizer, class_names, voting_scores, scheduler, detectors)
+        test_rotations = list(plain(test_rotations))
+        super().__init__(
+            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations
+        )
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names))
         self._finish_init(channels_last, compile, [self.net], objective)

@@ -2,7 +2,7 @@
 open-set decision."""
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from osr.data.labels import unknown_label
+from osr.data.transforms import affine
 from osr.detectors import (
     ModelOutputs,
     ObjectiveScore,
@@ -65,6 +66,7 @@ class OpenSetModule(pl.LightningModule):
         voting_scores: list[str],
         scheduler: dict | None = None,
         detectors: Mapping[str, Any] | None = None,
+        test_rotations: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if detectors is None:
@@ -84,6 +86,10 @@ class OpenSetModule(pl.LightningModule):
         self._saved_train_metrics: dict[str, Any] | None = None
         # (first step with a non-finite training loss, that loss); step -1: none yet
         self.register_buffer("_nonfinite", torch.tensor([-1.0, 0.0]), persistent=False)
+        # degrees of the rotated copies whose features join each image's (``view_features``)
+        self.register_buffer(
+            "_test_rotations", torch.tensor([float(d) for d in test_rotations]), persistent=False
+        )
 
     def _finish_init(
         self,
@@ -171,12 +177,30 @@ class OpenSetModule(pl.LightningModule):
         net = self.classifier_net
         return self.objective.logits(net.features(x), net.head)
 
+    def view_features(self, x: Tensor) -> Tensor:
+        """Penultimate features of each image for the detectors and the open-set decision.
+
+        With ``test_rotations`` (test-time augmentation), the mean of the features of the
+        image and of its copies rotated by those degrees, from one pass over all the views:
+        what the network says of a digit then depends less on its exact pose. Training never
+        sees this; fitting, calibration and evaluation all do, so they stay consistent.
+        """
+        net = self.classifier_net
+        degrees = self._test_rotations
+        if not len(degrees):
+            return net.features(x)
+        b = len(x)
+        angles = degrees.repeat_interleave(b)
+        rotated = affine(x.repeat(len(degrees), 1, 1, 1), angles, angles.new_zeros(len(angles), 2))
+        features = net.features(torch.cat([x, rotated]))
+        return features.unflatten(0, (len(degrees) + 1, b)).mean(dim=0)
+
     def _classifier_outputs(self, x: Tensor, **more: Any) -> ModelOutputs:
         """What detectors read of the classifier, from one pass (eval mode): logits from the
-        objective, features, and the head, the classifier and the objective where they mean
-        what detectors take them for."""
+        objective, features (``view_features``), and the head, the classifier and the
+        objective where they mean what detectors take them for."""
         net = self.classifier_net
-        features = net.features(x)
+        features = self.view_features(x)
         head = net.head
         objective = self.objective
         head_logits = objective.uses_head_as_logits
