@@ -1,6 +1,7 @@
 """The stronger training recipe: optimizers, the warm-up cosine schedule, the on-device shift
 and rotation augmentation and the wide backbone, composed from the real config."""
 
+import json
 import math
 
 import pytest
@@ -9,9 +10,13 @@ from hydra.utils import instantiate
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from osr.data.transforms import BatchTransform, affine, random_affine
+from osr.evaluate import evaluate_checkpoint
 from osr.optim import warmup_cosine
+from osr.train import train
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.utils.errors import OSRError
 from tests.conftest import TINY_TRAINING
+from tests.test_models import make_module
 
 
 def dot(row: int, col: int, n: int = 1) -> torch.Tensor:
@@ -99,8 +104,6 @@ def test_warmup_cosine_matches_torchs_linear_then_cosine_schedules():
 def test_recipe_trains_through_the_real_config(train_cfg):
     """model/net=convnet_wide, SGD and the schedule over the trainer's whole run: the schedule
     spans exactly the steps the Trainer takes and ends at its final lr."""
-    from osr.train import train
-
     cfg = train_cfg(
         "model=baseline",
         "model/net=convnet_wide",
@@ -133,8 +136,6 @@ def test_recipe_trains_through_the_real_config(train_cfg):
 def test_test_rotations_average_the_features_of_the_rotated_copies(kind):
     """The features detectors read are the mean over the image and its copies rotated by
     ``model.test_rotations`` (checked against torch.rot90); the logits follow them."""
-    from tests.test_models import make_module
-
     torch.manual_seed(0)
     module = make_module(kind).eval()
     rotating = type(module)(**{**module.hparams, "test_rotations": [90, 180]}).eval()
@@ -155,12 +156,6 @@ def test_test_rotations_average_the_features_of_the_rotated_copies(kind):
 def test_test_rotations_travel_in_the_checkpoint_to_evaluate(train_cfg, evaluate_cfg, tmp_path):
     """Detectors fitted, thresholds calibrated and test sets scored on the views' features;
     evaluating the checkpoint later gives the same figures."""
-    import json
-
-    from osr.evaluate import evaluate_checkpoint
-    from osr.train import train
-    from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
-
     cfg = train_cfg("model=baseline", "model.test_rotations=[10,-10]", *TINY_TRAINING)
     train(cfg)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
