@@ -6,6 +6,7 @@ import torch
 from sklearn.metrics import accuracy_score
 
 from osr.modules.epoch_sums import EpochSums
+from osr.utils.metric_state import load_metric_states
 
 
 def test_figures_are_image_weighted_means_and_the_accuracy_of_every_image():
@@ -31,3 +32,12 @@ def test_figures_are_image_weighted_means_and_the_accuracy_of_every_image():
     sums.reset()
     sums.update([torch.tensor(2.0), torch.tensor(3.0)], torch.eye(6)[:4], torch.arange(4))
     assert {k: v.item() for k, v in sums.compute().items()} == {"loss": 2.0, "ce": 3.0, "acc": 1.0}
+
+
+def test_float32_sums_of_older_checkpoints_load_as_float64():
+    sums = EpochSums(("loss",))
+    saved = {"sums": {"values": {"sums": torch.tensor([3.0, 5.0, 6.0])}, "updates": 2}}
+    load_metric_states({"sums": sums}, saved)
+    assert sums.sums.dtype == torch.float64
+    sums.update([torch.tensor(1.0)], torch.eye(2), torch.tensor([0, 0]))
+    assert {k: v.item() for k, v in sums.compute().items()} == {"loss": 0.625, "acc": 0.75}

@@ -2,6 +2,7 @@
 open-set decision."""
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -84,8 +85,6 @@ class OpenSetModule(pl.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run remembers it
         self._saved_train_metrics: dict[str, Any] | None = None
-        # (first step with a non-finite training loss, that loss); step -1: none yet
-        self.register_buffer("_nonfinite", torch.tensor([-1.0, 0.0]), persistent=False)
         # degrees of the rotated copies whose features join each image's (``view_features``)
         self.register_buffer(
             "_test_rotations", torch.tensor([float(d) for d in test_rotations]), persistent=False
@@ -347,33 +346,25 @@ class OpenSetModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss, logits, extra = self._loss(x, y)
-        loss_value = loss.detach()
-        self._record_nonfinite(loss_value)
-        values = [loss_value, *(extra[name].detach() for name in self.loss_terms)]
+        values = [loss.detach(), *(extra[name].detach() for name in self.loss_terms)]
         self.train_sums.update(values, logits.detach(), y)
         return loss
 
-    def _record_nonfinite(self, loss: Tensor) -> None:
-        """Remember, on the device, the first step whose loss was NaN or infinite: testing it
-        here with ``bool()`` would wait for the device every step (``FiniteLossGuard`` looks)."""
-        first = self._nonfinite[0] < 0
-        bad = first & ~torch.isfinite(loss)
-        record = torch.stack([torch.full_like(loss, self.global_step), loss])
-        torch.where(bad, record, self._nonfinite, out=self._nonfinite)
-
     def check_finite_loss(self, window: str) -> None:
-        """Raise if a training loss has been NaN or infinite (one device sync)."""
-        step, value = self._nonfinite.tolist()
-        if step >= 0:
+        """Raise if a training loss of this epoch has been NaN or infinite: the epoch's running
+        sum of losses then is too. One device sync, made by ``FiniteLossGuard`` every
+        ``trainer.log_every_n_steps`` steps rather than by the step itself."""
+        value = self.train_sums.total("loss").item()
+        if not math.isfinite(value):
             raise OSRError(
-                f"the training loss became {value} at epoch {self.current_epoch}, step "
-                f"{int(step)} (checked {window}); training stopped rather than go on with broken "
-                "weights. Lower model.optimizer.lr, or resume from the last good checkpoint "
+                f"the training loss became {value} in epoch {self.current_epoch}, {window}; "
+                "training stopped rather than go on with broken weights. Lower "
+                "model.optimizer.lr, or resume from the last good checkpoint "
                 "(checkpoints/last.ckpt)."
             )
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """The guard that reads ``_record_nonfinite``'s record, once per trainer."""
+        """The guard that reads the running loss sum, once per trainer."""
         if any(isinstance(c, FiniteLossGuard) for c in self.trainer.callbacks):
             return []
         return [FiniteLossGuard()]
@@ -458,21 +449,28 @@ class OpenSetModule(pl.LightningModule):
 
 
 class FiniteLossGuard(pl.Callback):
-    """Stops training once the loss has been NaN or infinite, reading the module's device-side
-    record every ``trainer.log_every_n_steps`` steps and at each epoch end rather than every
-    step. Lightning runs checkpoint callbacks after the others, so no broken weights are saved
-    in between."""
+    """Stops training once the loss has been NaN or infinite, reading the module's running loss
+    sum (on the device) every ``trainer.log_every_n_steps`` steps and at each epoch end rather
+    than every step; the message names the steps since the last check. Lightning runs
+    checkpoint callbacks after the others, so no broken weights are saved in between."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
+        self.checked = trainer.global_step  # steps up to here are known good
+
+    def _check(self, trainer: pl.Trainer, pl_module: OpenSetModule, when: str) -> None:
+        step = trainer.global_step
+        pl_module.check_finite_loss(f"steps {self.checked + 1}-{step} ({when})")
+        self.checked = step
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: OpenSetModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        every = trainer.log_every_n_steps
-        if trainer.global_step % every == 0:
-            first = max(trainer.global_step - every + 1, 1)
-            pl_module.check_finite_loss(
-                f"at step {trainer.global_step}, over steps {first}-"
-                f"{trainer.global_step}, every trainer.log_every_n_steps"
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self._check(
+                trainer,
+                pl_module,
+                f"checked at step {trainer.global_step}, every trainer.log_every_n_steps",
             )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
-        pl_module.check_finite_loss(f"at the end of epoch {trainer.current_epoch}")
+        self._check(trainer, pl_module, f"checked at the end of epoch {trainer.current_epoch}")

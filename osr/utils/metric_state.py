@@ -22,5 +22,6 @@ def load_metric_states(metrics: dict[str, Metric], states: dict[str, Any]) -> No
     """Put ``metric_states`` back. Call it on one rank only: they hold every rank's share."""
     for name, metric in metrics.items():
         for key, value in states[name]["values"].items():
-            setattr(metric, key, value.to(getattr(metric, key).device))
+            current = getattr(metric, key)  # its device, and its dtype (float32 in older runs)
+            setattr(metric, key, value.to(current.device, current.dtype))
         metric._update_count = states[name]["updates"]  # no public setter; compute() checks it
