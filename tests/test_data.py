@@ -5,9 +5,10 @@ import pytest
 import torch
 import torchvision.transforms.functional as TVF
 from hydra.utils import instantiate
+from torch.utils.data import DataLoader, TensorDataset
 
 from osr.data import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
-from osr.data.sampling import ShardedBatchSampler
+from osr.data.sampling import ShardedBatchSampler, TensorBatchLoader
 from osr.data.transforms import BatchTransform, gaussian_blur
 from osr.scoring.test_sets import ood_datamodules
 from osr.utils.errors import DatasetNotFoundError
@@ -222,6 +223,20 @@ def test_sharded_batches_cover_the_data_once():
     first = torch.cat(list(sampler))
     sampler.set_epoch(1)
     assert not torch.equal(first, torch.cat(list(sampler)))
+
+
+def test_tensor_batch_loader_gives_the_dataloaders_own_batches():
+    g = torch.Generator().manual_seed(0)
+    dataset = TensorDataset(torch.randint(0, 256, (53, 1, 4, 4), generator=g), torch.arange(53))
+    sampler = ShardedBatchSampler(53, 8, shuffle=True, seed=5)
+    own = list(DataLoader(dataset, sampler=sampler, batch_size=None))
+    fast = list(TensorBatchLoader(dataset, sampler=sampler, batch_size=None))
+    assert len(fast) == len(own) == 7
+    for batch, fast_batch in zip(own, fast, strict=True):
+        assert type(fast_batch) is type(batch)  # a list, as the DataLoader's collation makes
+        assert all(torch.equal(a, b) for a, b in zip(batch, fast_batch, strict=True))
+    with_workers = TensorBatchLoader(dataset, sampler=sampler, batch_size=None, num_workers=1)
+    assert [torch.equal(a[0], b[0]) for a, b in zip(own, with_workers, strict=True)] == [True] * 7
 
 
 def test_every_config_option_composes(train_cfg):

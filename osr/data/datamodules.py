@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from osr.data.labels import UNKNOWN_NAME
-from osr.data.sampling import ResumableDataLoader, ShardedBatchSampler
+from osr.data.sampling import ResumableDataLoader, ShardedBatchSampler, TensorBatchLoader
 from osr.data.sources import SOURCES
 from osr.data.transforms import BatchTransform
 from osr.utils.config import plain
@@ -210,7 +210,7 @@ class ImageDataModule(pl.LightningDataModule):
                 epoch_batches=lambda: self.trainer.num_training_batches,
                 **options,
             )
-        return DataLoader(dataset, **options)
+        return TensorBatchLoader(dataset, **options)
 
     def _data_device(self) -> torch.device:
         """Where batches are drawn: the trainer's accelerator when the data is kept there."""
@@ -273,7 +273,9 @@ class ImageDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         augment = self.trainer is not None and self.trainer.training
-        return self.transform.to(images.device)(images, augment=augment), labels
+        if self.transform.mean.device != images.device:  # moved once, not every batch
+            self.transform.to(images.device)
+        return self.transform(images, augment=augment), labels
 
 
 class MNISTDataModule(ImageDataModule):

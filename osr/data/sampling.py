@@ -65,8 +65,22 @@ class ShardedBatchSampler(Sampler[Tensor]):
         return shard // self.batch_size if self.drop_last else -(-shard // self.batch_size)
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over a ``ShardedBatchSampler`` that resumes mid-epoch.
+class TensorBatchLoader(DataLoader):
+    """A DataLoader over a ``TensorDataset`` whose sampler yields index tensors
+    (``batch_size=None``). Without worker processes it indexes the tensors itself: the same
+    batches as the DataLoader's own iterator (a list per batch), without its per-batch
+    machinery (fetcher, collation, profiler record), which cost about 25 us a batch on a CPU.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.num_workers > 0:
+            return super().__iter__()
+        tensors = self.dataset.tensors
+        return ([t[index] for t in tensors] for index in self.sampler)
+
+
+class ResumableDataLoader(TensorBatchLoader):
+    """A ``TensorBatchLoader`` over a ``ShardedBatchSampler`` that resumes mid-epoch.
 
     Lightning saves ``state_dict()`` in every checkpoint and hands it back through
     ``load_state_dict()`` before iterating again. The number of batches already trained comes
