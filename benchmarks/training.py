@@ -10,16 +10,22 @@
 - notebook: the notebook's feeding, torchvision MNIST with per-sample PIL transforms
   (Resize, ToTensor, Normalize, GaussianBlur) through a DataLoader with 2 workers, batch 64.
 
-Rates exclude the first batches of each measurement (start-up, compilation); Trainer and hand
-loop run alternately, best of ``--rounds`` each. Also the FLOPs per training image
-(``FlopCounterMode``) and the achieved GFLOP/s against a large float32 ``torch.mm``.
+Rates exclude the first batches of each measurement (start-up, compilation). Trainer and hand
+loop run interleaved in chunks of steps within one training run (``Interleaved``), so that
+both meet the same machine, ``--rounds`` runs; their rates are images over seconds summed
+across all chunks, and ``trainer_vs_hand_loop`` is the quotient. Also the FLOPs per
+training image (``FlopCounterMode``) and the achieved GFLOP/s against a large float32
+``torch.mm``.
 
     python -m benchmarks.training [--device cpu|cuda] [--batches 300] [--rounds 3]
 """
 
 import argparse
+import itertools
 import json
+import statistics
 import time
+from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -68,50 +74,92 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class SteadyStateTimer(pl.Callback):
-    """Images/s of the training batches after the first ``warmup``, as the Trainer runs them
-    (the device is synchronized only where the measurement starts and ends)."""
+class HandLoop:
+    """A minimal PyTorch training loop over ``model`` (its ``_loss`` and its configured
+    optimizer): the work of osr's training step without Lightning."""
 
-    def __init__(self, warmup: int, batches: int) -> None:
-        self.warmup, self.batches = warmup, batches
+    def __init__(self, model, batches: Iterator, transform=None) -> None:
+        self.model, self.batches, self.transform = model, batches, transform
+        self.optimizer = model.configure_optimizers()
+        model.train()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            sync(pl_module.device)
-            self.start, self.seen = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx >= self.warmup:
-            self.seen += len(batch[1])
-        if batch_idx == self.batches - 1:
-            sync(pl_module.device)
-            self.rate = self.seen / (time.perf_counter() - self.start)
-
-
-def osr_trainer(cfg, datamodule, warmup: int, batches: int) -> float:
-    timer = SteadyStateTimer(warmup, batches)
-    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False)
-    trainer.fit(instantiate(cfg.model, class_names=datamodule.class_names), datamodule=datamodule)
-    return timer.rate
+    def run(self, steps: int | None) -> int:
+        """``steps`` training steps (None: until the batches run out); the images seen."""
+        seen = 0
+        for images, labels in itertools.islice(self.batches, steps):
+            images, labels = images.to(self.model.device), labels.to(self.model.device)
+            x = self.transform(images, augment=True) if self.transform else images
+            loss = self.model._loss(x, labels)[0]
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            seen += len(labels)
+        return seen
 
 
 def train_loop(model, batches, warmup: int, transform=None) -> float:
-    optimizer = model.configure_optimizers()
-    model.train()
-    seen = 0
-    for i, (images, labels) in enumerate(batches):
-        if i == warmup:
-            sync(model.device)
-            start, seen = time.perf_counter(), 0
-        images, labels = images.to(model.device), labels.to(model.device)
-        x = transform(images, augment=True) if transform else images
-        loss = model._loss(x, labels)[0]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        seen += len(labels)
+    """Images/s of the hand loop after ``warmup`` steps."""
+    loop = HandLoop(model, iter(batches), transform)
+    loop.run(warmup)
+    sync(model.device)
+    start = time.perf_counter()
+    seen = loop.run(None)
     sync(model.device)
     return seen / (time.perf_counter() - start)
+
+
+class Interleaved:
+    """Times the Trainer and the hand loop in alternating chunks of ``chunk`` steps within one
+    training run: after every ``chunk`` Trainer steps, ``chunk`` hand-loop steps run, timed
+    apart. Both then see the same machine: this shared host's speed drifts by tens of percent
+    within a minute, far more than the difference measured.
+
+    It rides on the module's ``on_train_batch_end`` hook, which Lightning calls every step
+    anyway: a callback would add its dispatch to the Trainer's time. A Trainer chunk runs from
+    one hook call to the one ``chunk`` steps later, so it holds whole steps (fetch, transfer,
+    hooks, step). The device is synchronized only at chunk boundaries.
+    """
+
+    def __init__(self, loop: HandLoop, warmup: int, chunk: int) -> None:
+        self.loop, self.warmup, self.chunk = loop, warmup, chunk
+        self.trainer_images = self.loop_images = 0
+        self.trainer_seconds = self.loop_seconds = 0.0
+
+    def attach(self, module: pl.LightningModule) -> pl.LightningModule:
+        self.device = module.device
+        module.on_train_batch_end = self.on_train_batch_end
+        return module
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        done = batch_idx + 1 - self.warmup  # timed Trainer steps so far
+        if done < 0:
+            return
+        if done > 0:
+            self.seen += len(batch[1])
+        if done % self.chunk:
+            return
+        sync(self.device)
+        if done == 0:
+            self.loop.run(self.warmup)  # the hand loop's own warm-up
+        else:
+            self.trainer_seconds += time.perf_counter() - self.start
+            self.trainer_images += self.seen
+            start = time.perf_counter()
+            self.loop_images += self.loop.run(self.chunk)
+            sync(self.device)
+            self.loop_seconds += time.perf_counter() - start
+        self.start, self.seen = time.perf_counter(), 0
+
+
+def trainer_and_loop(cfg, datamodule, device: torch.device, warmup: int, chunks: int, chunk: int):
+    """(Trainer images/s, hand loop images/s) of one interleaved run."""
+    batches = resident_batches(datamodule, device, cfg.data.batch_size, warmup + chunks * chunk)
+    loop = HandLoop(fresh(cfg, datamodule, device), batches, datamodule.transform.to(device))
+    timer = Interleaved(loop, warmup, chunk)
+    trainer = instantiate(cfg.trainer, logger=False)
+    model = instantiate(cfg.model, class_names=datamodule.class_names)
+    trainer.fit(timer.attach(model), datamodule=datamodule)
+    return timer.trainer_images / timer.trainer_seconds, timer.loop_images / timer.loop_seconds
 
 
 def resident_batches(datamodule, device: torch.device, batch_size: int, n: int):
@@ -173,22 +221,26 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
 
 
 def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Trainer and hand loop at one batch size, alternating, best of ``args.rounds`` each."""
+    """Trainer and hand loop at one batch size, interleaved (``Interleaved``), ``args.rounds``
+    runs; rates are images over seconds summed across all their chunks."""
     batches = max(60, args.batches * 64 // batch_size)  # about the same images at any size
     warmup = max(5, batches // 15)
-    cfg = compose_train(name, batches, args.device, batch_size)
+    chunk = max(5, batches // 12)
+    chunks = batches // chunk
+    cfg = compose_train(name, warmup + chunks * chunk, args.device, batch_size)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     transform = datamodule.transform.to(device)
-    trainer_rates, loop_rates = [], []
-    for _ in range(args.rounds):
-        trainer_rates.append(osr_trainer(cfg, datamodule, warmup, batches))
-        data = resident_batches(datamodule, device, batch_size, batches)
-        loop_rates.append(train_loop(fresh(cfg, datamodule, device), data, warmup, transform))
+    rounds = [
+        trainer_and_loop(cfg, datamodule, device, warmup, chunks, chunk) for _ in range(args.rounds)
+    ]
+    trainer_rate = statistics.fmean(r[0] for r in rounds)
+    loop_rate = statistics.fmean(r[1] for r in rounds)
     row = {
-        "osr_trainer_img_s": max(trainer_rates),
-        "hand_loop_img_s": max(loop_rates),
-        "trainer_vs_hand_loop": max(trainer_rates) / max(loop_rates),
+        "osr_trainer_img_s": trainer_rate,
+        "hand_loop_img_s": loop_rate,
+        "trainer_vs_hand_loop": trainer_rate / loop_rate,
+        "trainer_vs_hand_loop_by_round": [r[0] / r[1] for r in rounds],
     }
     if args.compile and batch_size == 64:
         modes = {"compiled": None}
