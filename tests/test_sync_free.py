@@ -59,6 +59,7 @@ def test_training_step_and_update_make_no_host_sync(kind, objective, train_cfg, 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    module.train_sums.flush()  # what every 64th step also does
     assert host_syncs == []
     module.check_finite_loss("in the test")  # the one deliberate sync, outside the step
     assert host_syncs == ["item"]
@@ -67,13 +68,13 @@ def test_training_step_and_update_make_no_host_sync(kind, objective, train_cfg, 
 def test_a_nonfinite_loss_is_found_in_the_running_sum_until_the_epoch_ends():
     module = make_module("baseline")
     logits, y = torch.eye(10)[:4], torch.arange(4)
-    module.train_sums.update([torch.tensor(1.5)], logits, y)
+    module.train_sums.add([torch.tensor(1.5)], logits, y)
     module.check_finite_loss("now")
-    module.train_sums.update([torch.tensor(float("inf"))], logits, y)
-    module.train_sums.update([torch.tensor(2.0)], logits, y)  # finite again: still caught
+    module.train_sums.add([torch.tensor(float("inf"))], logits, y)
+    module.train_sums.add([torch.tensor(2.0)], logits, y)  # finite again: still caught
     with pytest.raises(Exception, match=r"became inf in epoch 0, now; training stopped"):
         module.check_finite_loss("now")
-    module.train_sums.update([torch.tensor(float("nan"))], logits, y)
+    module.train_sums.add([torch.tensor(float("nan"))], logits, y)
     with pytest.raises(Exception, match=r"became nan in epoch 0, now"):
         module.check_finite_loss("now")
     module.train_sums.reset()  # a new epoch

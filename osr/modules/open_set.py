@@ -347,7 +347,7 @@ class OpenSetModule(pl.LightningModule):
         x, y = batch
         loss, logits, extra = self._loss(x, y)
         values = [loss.detach(), *(extra[name].detach() for name in self.loss_terms)]
-        self.train_sums.update(values, logits.detach(), y)
+        self.train_sums.add(values, logits.detach(), y)
         return loss
 
     def check_finite_loss(self, window: str) -> None:
