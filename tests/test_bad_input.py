@@ -235,3 +235,30 @@ def test_nonfinite_loss_is_caught_before_a_checkpoint_saves_broken_weights(train
     for ckpt in (tmp_path / "run").rglob("*.ckpt"):
         weights = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "when"),
+    [
+        ((), "checked at the end of epoch 0"),  # before the validation that saves last.ckpt
+        (("+trainer.val_check_interval=2",), "checked before validating at step 2"),
+    ],
+)
+def test_nonfinite_loss_between_checks_is_caught_before_validation_saves(
+    train_cfg, tmp_path, overrides, when
+):
+    from osr.utils.errors import OSRError
+
+    cfg = train_cfg(
+        "model=baseline",
+        "model.optimizer.lr=1e30",  # the second step's loss is no longer finite
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=50",  # more steps than the epoch has
+        *overrides,
+    )
+    with pytest.raises(OSRError, match=rf"in epoch 0, steps 1-\d+ \({when}\)"):
+        train(cfg)
+    for ckpt in (tmp_path / "run").rglob("*.ckpt"):
+        weights = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

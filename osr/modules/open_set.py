@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -352,8 +353,8 @@ class OpenSetModule(pl.LightningModule):
 
     def check_finite_loss(self, window: str) -> None:
         """Raise if a training loss of this epoch has been NaN or infinite: the epoch's running
-        sum of losses then is too. One device sync, made by ``FiniteLossGuard`` every
-        ``trainer.log_every_n_steps`` steps rather than by the step itself."""
+        sum of losses then is too. One device sync, made every ``trainer.log_every_n_steps``
+        steps rather than by each step."""
         value = self.train_sums.total("loss").item()
         if not math.isfinite(value):
             raise OSRError(
@@ -363,11 +364,31 @@ class OpenSetModule(pl.LightningModule):
                 "(checkpoints/last.ckpt)."
             )
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The guard that reads the running loss sum, once per trainer."""
-        if any(isinstance(c, FiniteLossGuard) for c in self.trainer.callbacks):
-            return []
-        return [FiniteLossGuard()]
+    def _check_finite_since_last(self, step: int, when: str) -> None:
+        self.check_finite_loss(f"steps {self._finite_through + 1}-{step} ({when})")
+        self._finite_through = step
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The NaN stop: every ``trainer.log_every_n_steps`` steps and at an epoch's last batch,
+        before the optimizer applies this step's gradients, so that neither the weights nor a
+        checkpoint (saved at a step's or a validation's end) take a non-finite loss's update.
+        In the module rather than a callback: a callback costs Lightning's dispatch of every
+        hook at every step."""
+        trainer = self.trainer
+        step = trainer.global_step + 1  # the step being taken
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if step % trainer.log_every_n_steps == 0:
+            self._check_finite_since_last(
+                step, f"checked at step {step}, every trainer.log_every_n_steps"
+            )
+        elif done >= trainer.num_training_batches:
+            self._check_finite_since_last(step, f"checked at the end of epoch {self.current_epoch}")
+
+    def on_validation_start(self) -> None:
+        """A validation within an epoch (``trainer.val_check_interval``) ends in checkpoints."""
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            step = self.trainer.global_step
+            self._check_finite_since_last(step, f"checked before validating at step {step}")
 
     def train_epoch_metrics(self) -> dict[str, Tensor]:
         """The training epoch's loss, accuracy and loss terms so far (all ranks).
@@ -394,6 +415,7 @@ class OpenSetModule(pl.LightningModule):
         """Continue the resumed epoch's training figures. Lightning resumes a checkpoint saved
         at an epoch's last batch in the next epoch, skipping that epoch's end: then the saved
         figures belong to an epoch that is over and are dropped."""
+        self._finite_through = self.trainer.global_step  # steps up to here are known good
         saved, self._saved_train_metrics = self._saved_train_metrics, None
         # states saved before the figures became one sum (other names) are not put back
         same_layout = saved and saved["states"].keys() == self._train_metrics().keys()
@@ -446,31 +468,3 @@ class OpenSetModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": interval},
         }
-
-
-class FiniteLossGuard(pl.Callback):
-    """Stops training once the loss has been NaN or infinite, reading the module's running loss
-    sum (on the device) every ``trainer.log_every_n_steps`` steps and at each epoch end rather
-    than every step; the message names the steps since the last check. Lightning runs
-    checkpoint callbacks after the others, so no broken weights are saved in between."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
-        self.checked = trainer.global_step  # steps up to here are known good
-
-    def _check(self, trainer: pl.Trainer, pl_module: OpenSetModule, when: str) -> None:
-        step = trainer.global_step
-        pl_module.check_finite_loss(f"steps {self.checked + 1}-{step} ({when})")
-        self.checked = step
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: OpenSetModule, outputs: Any, batch: Any, i: int
-    ) -> None:
-        if trainer.global_step % trainer.log_every_n_steps == 0:
-            self._check(
-                trainer,
-                pl_module,
-                f"checked at step {trainer.global_step}, every trainer.log_every_n_steps",
-            )
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: OpenSetModule) -> None:
-        self._check(trainer, pl_module, f"checked at the end of epoch {trainer.current_epoch}")
