@@ -365,8 +365,9 @@ class OpenSetModule(pl.LightningModule):
             )
 
     def _check_finite_since_last(self, step: int, when: str) -> None:
-        self.check_finite_loss(f"steps {self._finite_through + 1}-{step} ({when})")
-        self._finite_through = step
+        if step > self._finite_through:  # the validation after an epoch's checked last batch
+            self.check_finite_loss(f"steps {self._finite_through + 1}-{step} ({when})")
+            self._finite_through = step
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The NaN stop: every ``trainer.log_every_n_steps`` steps and at an epoch's last batch,
