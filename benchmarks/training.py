@@ -12,8 +12,9 @@
 
 Rates exclude the first batches of each measurement (start-up, compilation). Trainer and hand
 loop run interleaved in chunks of steps within one training run (``Interleaved``), so that
-both meet the same machine, ``--rounds`` runs; their rates are images over seconds summed
-across all chunks, and ``trainer_vs_hand_loop`` is the quotient. Also the FLOPs per
+both meet the same machine. Each run's rates are images over seconds summed across its
+chunks; the rates reported are their means over ``--rounds`` runs, and
+``trainer_vs_hand_loop`` is the quotient of those means. Also the FLOPs per
 training image (``FlopCounterMode``) and the achieved GFLOP/s against a large float32
 ``torch.mm``.
 
@@ -221,8 +222,8 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
 
 
 def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Trainer and hand loop at one batch size, interleaved (``Interleaved``), ``args.rounds``
-    runs; rates are images over seconds summed across all their chunks."""
+    """Trainer and hand loop at one batch size, interleaved (``Interleaved``): the mean of
+    ``args.rounds`` runs' rates, each images over seconds summed across that run's chunks."""
     batches = max(60, args.batches * 64 // batch_size)  # about the same images at any size
     warmup = max(5, batches // 15)
     chunk = max(5, batches // 12)
