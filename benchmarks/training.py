@@ -4,6 +4,11 @@
   the device), at batch 64 and 512;
 - hand loop: a minimal PyTorch loop over the same model, data resident on the device, the
   same blur, at the same batch sizes;
+- plain LightningModule: the hand loop's work (the model's loss and optimizer) as the
+  ``training_step`` of a LightningModule with nothing else, in the same Trainer and
+  DataModule: what any LightningModule costs over the hand loop; ``trainer_vs_plain_lightning``
+  above 1 means osr's module costs less per step than that plain one, below 1 more
+  (``--no-plain-lightning`` skips it);
 - compiled: that loop with the networks compiled (``torch.compile``; also
   ``mode="reduce-overhead"``, CUDA graphs, on CUDA), at batch 64 (``--compile``, the default
   on CUDA: on the CPU compiling takes minutes and inductor's CPU code is not faster here);
@@ -109,6 +114,21 @@ def train_loop(model, batches, warmup: int, transform=None) -> float:
     return seen / (time.perf_counter() - start)
 
 
+class PlainLightning(pl.LightningModule):
+    """The hand loop's step as a LightningModule and nothing more: ``module``'s loss and
+    optimizer, no training figures, no hooks, no NaN check."""
+
+    def __init__(self, module: pl.LightningModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def training_step(self, batch, batch_idx: int):
+        return self.module._loss(*batch)[0]
+
+    def configure_optimizers(self):
+        return self.module.configure_optimizers()
+
+
 class Interleaved:
     """Times the Trainer and the hand loop in alternating chunks of ``chunk`` steps within one
     training run: after every ``chunk`` Trainer steps, ``chunk`` hand-loop steps run, timed
@@ -152,13 +172,18 @@ class Interleaved:
         self.start, self.seen = time.perf_counter(), 0
 
 
-def trainer_and_loop(cfg, datamodule, device: torch.device, warmup: int, chunks: int, chunk: int):
-    """(Trainer images/s, hand loop images/s) of one interleaved run."""
+def trainer_and_loop(
+    cfg, datamodule, device: torch.device, warmup: int, chunks: int, chunk: int, plain=False
+):
+    """(Trainer images/s, hand loop images/s) of one interleaved run; with ``plain`` the
+    Trainer fits a ``PlainLightning`` module instead of osr's."""
     batches = resident_batches(datamodule, device, cfg.data.batch_size, warmup + chunks * chunk)
     loop = HandLoop(fresh(cfg, datamodule, device), batches, datamodule.transform.to(device))
     timer = Interleaved(loop, warmup, chunk)
     trainer = instantiate(cfg.trainer, logger=False)
     model = instantiate(cfg.model, class_names=datamodule.class_names)
+    if plain:
+        model = PlainLightning(model)
     trainer.fit(timer.attach(model), datamodule=datamodule)
     return timer.trainer_images / timer.trainer_seconds, timer.loop_images / timer.loop_seconds
 
@@ -223,7 +248,8 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
 
 def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str, float]:
     """Trainer and hand loop at one batch size, interleaved (``Interleaved``): the mean of
-    ``args.rounds`` runs' rates, each images over seconds summed across that run's chunks."""
+    ``args.rounds`` runs' rates, each images over seconds summed across that run's chunks.
+    With ``args.plain_lightning`` each round also runs ``PlainLightning`` the same way."""
     batches = max(60, args.batches * 64 // batch_size)  # about the same images at any size
     warmup = max(5, batches // 15)
     chunk = max(5, batches // 12)
@@ -232,9 +258,11 @@ def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str,
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     transform = datamodule.transform.to(device)
-    rounds = [
-        trainer_and_loop(cfg, datamodule, device, warmup, chunks, chunk) for _ in range(args.rounds)
-    ]
+    rounds, plain = [], []
+    for _ in range(args.rounds):  # alternating, so that both meet the same drift
+        rounds.append(trainer_and_loop(cfg, datamodule, device, warmup, chunks, chunk))
+        if args.plain_lightning:
+            plain.append(trainer_and_loop(cfg, datamodule, device, warmup, chunks, chunk, True))
     trainer_rate = statistics.fmean(r[0] for r in rounds)
     loop_rate = statistics.fmean(r[1] for r in rounds)
     row = {
@@ -243,6 +271,12 @@ def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str,
         "trainer_vs_hand_loop": trainer_rate / loop_rate,
         "trainer_vs_hand_loop_by_round": [r[0] / r[1] for r in rounds],
     }
+    if plain:
+        ratio = statistics.fmean(r[0] for r in plain) / statistics.fmean(r[1] for r in plain)
+        row["plain_lightning_img_s"] = statistics.fmean(r[0] for r in plain)
+        row["plain_lightning_vs_hand_loop"] = ratio
+        row["plain_lightning_vs_hand_loop_by_round"] = [r[0] / r[1] for r in plain]
+        row["trainer_vs_plain_lightning"] = row["trainer_vs_hand_loop"] / ratio
     if args.compile and batch_size == 64:
         modes = {"compiled": None}
         if device.type == "cuda":
@@ -270,6 +304,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
     parser.add_argument(
+        "--plain-lightning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a plain LightningModule doing the hand loop's step",
+    )
+    parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -288,27 +328,28 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {where}; float32 matmul (2048^2): {peak:.1f} GFLOP/s")
     print(
-        f"{'model':<9}{'batch':>6}{'osr img/s':>11}{'hand loop':>11}{'vs loop':>9}"
-        f"{'compiled':>10}{'CUDA graphs':>12}{'notebook':>10}{'vs nb':>7}"
+        f"{'model':<9}{'batch':>6}{'osr img/s':>11}{'hand loop':>11}{'vs loop':>9}{'plain PL':>10}"
+        f"{'vs loop':>9}{'compiled':>10}{'CUDA graphs':>12}{'notebook':>10}{'vs nb':>7}"
     )
     for name, r in rows.items():
         for bs, b in r["by_batch_size"].items():
-            cells = [
-                b.get(k)
+            rates = [
+                f"{b[k]:.0f}" if k in b else ""
                 for k in (
+                    "plain_lightning_img_s",
                     "compiled_loop_img_s",
                     "compiled_reduce_overhead_loop_img_s",
                     "notebook_feeding_img_s",
-                    "speedup_vs_notebook",
                 )
             ]
-            shown = [f"{c:.0f}" if c else "" for c in cells[:3]] + [
-                f"{cells[3]:.2f}x" if cells[3] else ""
+            ratios = [
+                f"{b[k]:.2f}x" if k in b else ""
+                for k in ("plain_lightning_vs_hand_loop", "speedup_vs_notebook")
             ]
             print(
                 f"{name:<9}{bs:>6}{b['osr_trainer_img_s']:>11.0f}{b['hand_loop_img_s']:>11.0f}"
-                f"{b['trainer_vs_hand_loop']:>8.2f}x{shown[0]:>10}{shown[1]:>12}{shown[2]:>10}"
-                f"{shown[3]:>7}"
+                f"{b['trainer_vs_hand_loop']:>8.2f}x{rates[0]:>10}{ratios[0]:>9}{rates[1]:>10}"
+                f"{rates[2]:>12}{rates[3]:>10}{ratios[1]:>7}"
             )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "training.json"
