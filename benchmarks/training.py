@@ -246,6 +246,13 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def mean_rates(runs: list[tuple[float, float]]) -> tuple[float, float, list[float]]:
+    """(Trainer, hand loop) images/s of interleaved runs: their means, and each run's ratio."""
+    trainer = statistics.fmean(r[0] for r in runs)
+    loop = statistics.fmean(r[1] for r in runs)
+    return trainer, loop, [r[0] / r[1] for r in runs]
+
+
 def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str, float]:
     """Trainer and hand loop at one batch size, interleaved (``Interleaved``): the mean of
     ``args.rounds`` runs' rates, each images over seconds summed across that run's chunks.
@@ -263,20 +270,21 @@ def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str,
         rounds.append(trainer_and_loop(cfg, datamodule, device, warmup, chunks, chunk))
         if args.plain_lightning:
             plain.append(trainer_and_loop(cfg, datamodule, device, warmup, chunks, chunk, True))
-    trainer_rate = statistics.fmean(r[0] for r in rounds)
-    loop_rate = statistics.fmean(r[1] for r in rounds)
+    trainer_rate, loop_rate, by_round = mean_rates(rounds)
     row = {
         "osr_trainer_img_s": trainer_rate,
         "hand_loop_img_s": loop_rate,
         "trainer_vs_hand_loop": trainer_rate / loop_rate,
-        "trainer_vs_hand_loop_by_round": [r[0] / r[1] for r in rounds],
+        "trainer_vs_hand_loop_by_round": by_round,
     }
     if plain:
-        ratio = statistics.fmean(r[0] for r in plain) / statistics.fmean(r[1] for r in plain)
-        row["plain_lightning_img_s"] = statistics.fmean(r[0] for r in plain)
-        row["plain_lightning_vs_hand_loop"] = ratio
-        row["plain_lightning_vs_hand_loop_by_round"] = [r[0] / r[1] for r in plain]
-        row["trainer_vs_plain_lightning"] = row["trainer_vs_hand_loop"] / ratio
+        plain_rate, plain_loop_rate, plain_by_round = mean_rates(plain)
+        row["plain_lightning_img_s"] = plain_rate
+        row["plain_lightning_vs_hand_loop"] = plain_rate / plain_loop_rate
+        row["plain_lightning_vs_hand_loop_by_round"] = plain_by_round
+        row["trainer_vs_plain_lightning"] = (
+            row["trainer_vs_hand_loop"] / row["plain_lightning_vs_hand_loop"]
+        )
     if args.compile and batch_size == 64:
         modes = {"compiled": None}
         if device.type == "cuda":
