@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,9 +49,9 @@ def compose_train(*overrides: str) -> DictConfig:
         return compose("train", overrides=list(overrides))
 
 
-def objective(name: str) -> Objective:
+def objective(name: str, classes: int = 2) -> Objective:
     """The objective of conf/objective/<name>.yaml, for two classes and DIM features."""
-    return build_objective(compose_train(f"objective={name}").model.objective, 2, DIM)
+    return build_objective(compose_train(f"objective={name}").model.objective, classes, DIM)
 
 
 def clusters(n: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -152,27 +153,78 @@ def test_arpl_logits_loss_and_score_by_hand():
 
 
 def test_cac_loss_and_score_are_the_papers():
-    cac = objective("cac")  # magnitude 10, alpha 0.1
-    assert torch.equal(cac.anchors, 10 * torch.eye(2))
-    head = nn.Linear(DIM, 2)
-    features, labels = clusters(3, seed=3)
-    logits = cac.logits(features, head)
+    """Miller et al.'s equations by hand, with Euclidean distances to the anchors (the paper
+    and the authors' code): on squared distances the loss and the score differ."""
+    cac = objective("cac", classes=3)  # magnitude 10, alpha 0.1
+    assert torch.equal(cac.anchors, 10 * torch.eye(3))
+    head = nn.Linear(3, 3, bias=False)
     with torch.no_grad():
-        d = ((head(features)[:, None] - cac.anchors) ** 2).sum(2).double()
-    assert torch.allclose(-logits.double(), d, rtol=1e-5)
-    loss, terms = cac.loss(features, logits, labels, head)
-    d_y = d[torch.arange(6), labels]
-    d_other = d[torch.arange(6), 1 - labels]
-    tuplet = torch.log(1 + torch.exp(d_y - d_other)).mean()  # log(1 + sum_{c != y} e^(d_y - d_c))
-    assert terms["anchor"].item() == pytest.approx(d_y.mean().item(), rel=1e-5)
-    assert terms["tuplet"].item() == pytest.approx(tuplet.item(), rel=1e-5)
-    assert loss.item() == pytest.approx(0.1 * d_y.mean().item() + tuplet.item(), rel=1e-5)
-    # rejection score: min over classes of d * (1 - softmin(d)), in log space
-    rejection = (d * (1 - F.softmin(d, dim=1))).min(1).values.log()
-    assert torch.allclose(cac.score(features, logits).double(), rejection, rtol=1e-4)
+        head.weight.copy_(torch.eye(3))  # the head's outputs are the features
+    z = torch.tensor([[9.0, 1.0, 0.0], [0.0, 6.0, 8.0], [3.0, 4.0, 0.0], [10.0, 0.0, 10.0]])
+    labels = torch.tensor([0, 2, 1, 0])
+    anchors = 10 * np.eye(3)
+    d = np.linalg.norm(z.numpy()[:, None, :] - anchors[None], axis=2)  # Euclidean, 4 x 3
+    d_y = d[np.arange(4), labels.numpy()]
+    others = [np.delete(d[i], labels[i]) for i in range(4)]
+    anchor = d_y.mean()  # the anchor loss
+    tuplet = np.mean([np.log(1 + np.exp(d_y[i] - others[i]).sum()) for i in range(4)])
+    logits = cac.logits(z, head)
+    assert np.allclose(-logits.detach().numpy(), d, atol=1e-5)
+    loss, terms = cac.loss(z, logits, labels, head)
+    assert terms["anchor"].item() == pytest.approx(anchor, rel=1e-6)
+    assert terms["tuplet"].item() == pytest.approx(tuplet, rel=1e-6)
+    assert loss.item() == pytest.approx(0.1 * anchor + tuplet, rel=1e-6)
+    # the rejection score: min over classes of d * (1 - softmin(d)); osr keeps its log
+    softmin = np.exp(-d) / np.exp(-d).sum(1, keepdims=True)
+    rejection = (d * (1 - softmin)).min(1)
+    score = cac.score(z, logits).detach().double().numpy()
+    assert np.allclose(np.exp(score), rejection, rtol=1e-5)
+    # (10, 0, 10) lies 10 from anchors 0 and 2 and sqrt(300) from anchor 1
+    tie = 10 * (1 - math.exp(-10) / (2 * math.exp(-10) + math.exp(-math.sqrt(300))))
+    assert rejection[3] == pytest.approx(tie, rel=1e-12)
     # where float32 rounds 1 - softmin to 0, the log of the score still orders the points
     near = -torch.tensor([[1.0, 300.0], [4.0, 300.0]])
     assert cac.score(None, near)[0] < cac.score(None, near)[1] < 0
+
+
+def test_ii_class_means_are_counted_per_class():
+    """Batches that miss a class: each class's mean is the mean of its own images (numpy),
+    not shrunk toward zero by batches it was absent from (pytorch-ood 0.4.0's running
+    centers: class 2's mean would be half its value after batches {0, 1}, {0, 1, 2})."""
+    ii = objective("ii", classes=3)
+    head = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(4, 3, generator=g) + 5, torch.tensor([0, 1, 0, 1])),
+        (torch.randn(6, 3, generator=g) + 5, torch.tensor([0, 1, 2, 2, 1, 0])),
+        (torch.randn(3, 3, generator=g) + 5, torch.tensor([2, 2, 0])),
+    ]
+    seen_z, seen_y = [], []
+    ii.train()
+    for z, y in batches:
+        ii.loss(z, ii.logits(z, head), y, head)
+        seen_z.append(z.numpy())
+        seen_y.append(y.numpy())
+        all_z, all_y = np.concatenate(seen_z), np.concatenate(seen_y)
+        for c in range(3):
+            expected = all_z[all_y == c].mean(0) if (all_y == c).any() else np.zeros(3)
+            assert np.allclose(ii.means[c].numpy(), expected, atol=1e-6), (len(seen_z), c)
+    assert ii.means[2].numpy() == pytest.approx(
+        np.concatenate(seen_z)[np.concatenate(seen_y) == 2].mean(0), abs=1e-6
+    )
+    ii.eval()
+    frozen = ii.means.clone()
+    ii.loss(batches[0][0], ii.logits(batches[0][0], head), batches[0][1], head)
+    assert torch.equal(ii.means, frozen)  # only training batches count
+    # the loss of the paper on the first batch: spread around its class means minus the
+    # squared distance between them
+    z, y = batches[0]
+    mu = torch.stack([z[y == c].mean(0) for c in (0, 1)])
+    spread = sum(((z[y == c] - mu[c]) ** 2).sum() for c in (0, 1)) / 4
+    expected = spread - ((mu[0] - mu[1]) ** 2).sum()
+    assert ii.loss(z, None, y, head)[0].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 # --- the modules ---------------------------------------------------------------------------------
@@ -277,15 +329,13 @@ def test_ii_running_means_are_state_and_restart_every_epoch():
     module = build_module("model=baseline", "objective=ii")
     assert isinstance(module.objective, IILoss)
     keys = [k for k in module.state_dict() if k.startswith("objective.")]
-    assert keys == [
-        "objective.criterion.running_centers.running_centers",
-        "objective.criterion.running_centers.num_batches_tracked",
-    ]
+    assert keys == ["objective.sums", "objective.counts"]
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     module.train()
     module.training_step((x, y), 0).backward()
     means = module.objective.means
     assert means.abs().sum() > 0 and not means.requires_grad  # no graph kept in the buffer
+    assert module.objective.counts.tolist() == [1.0] * 8 + [0.0] * 2
     module.on_train_epoch_start()
     assert torch.equal(module.objective.means, torch.zeros(10, 10))
 

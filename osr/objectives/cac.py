@@ -2,31 +2,32 @@
 
 import torch
 import torch.nn.functional as F
-from pytorch_ood import loss as ood_loss
 from torch import Tensor, nn
 
-from osr.objectives.base import Objective, squared_distances
+from osr.objectives.base import Objective
+
+
+def distances(points: Tensor, centers: Tensor) -> Tensor:
+    """B x K Euclidean distances of B points to K centers, taken as differences (see
+    ``squared_distances``); the gradient at a zero distance is 0."""
+    return torch.linalg.vector_norm(points[:, None, :] - centers, dim=2)
 
 
 class CACLoss(Objective):
-    """Class Anchor Clustering (Miller et al., WACV 2021) on the K-dimensional output of the
-    head: the anchors are pytorch-ood's ``CACLoss`` ones, fixed one-hot vectors scaled by
-    ``magnitude``; logits are the negative squared distances to them.
+    """Class Anchor Clustering (Miller et al., WACV 2021), written from the paper's equations
+    and checked against the authors' code (``cac-openset``): on the K-dimensional output z of
+    the head, with fixed anchors c_k = magnitude * one-hot(k) and the Euclidean distances
+    d_k = ||z - c_k||,
 
-    loss = alpha * d_y + log(1 + sum_{c != y} exp(d_y - d_c)), the paper's equation (anchor
-    and tuplet terms), with the squared distances d that pytorch-ood uses (the authors' code
-    uses Euclidean ones). The tuplet term is the cross-entropy of the logits -d. It is
-    computed here rather than by ``CACLoss.forward``: pytorch-ood 0.4.0 gathers the "other"
-    distances with a mask that never matches (``target == n_classes``), so for every class
-    but the last the sum holds exp(0) for the own class instead of the last class's term.
-    Defaults are the paper's: magnitude 10, alpha (its lambda) 0.1.
+    - logits = -d (the nearest anchor is the predicted class);
+    - loss = alpha * d_y + log(1 + sum_{k != y} exp(d_y - d_k)), averaged over the batch: the
+      anchor term (weight alpha, the paper's lambda) and the tuplet term, which is the
+      cross-entropy of the logits -d;
+    - score (``cac``): the paper's rejection score min_k d_k * (1 - softmin(d)_k), as its
+      logarithm (the same ranking; in log space 1 - softmin cannot round to 0 for a point
+      near one anchor and far from the others).
 
-    Its score (``cac``) is the log of the paper's rejection score, min over classes of
-    d * (1 - softmin(d)): the same ranking, but computed in log space, since squared distances
-    that differ by hundreds make 1 - softmin(d) of the nearest anchor round to 0 in float32
-    (every confidently known image would score 0). pytorch-ood 0.4.0's ``CACLoss.score``
-    returns -max of d * (1 - softmin(d)) instead, which ranks a point far from every anchor
-    as known.
+    Defaults are the paper's: magnitude 10, alpha 0.1.
     """
 
     terms = ("anchor", "tuplet")
@@ -38,21 +39,18 @@ class CACLoss(Objective):
         self, num_classes: int, feature_dim: int, magnitude: float = 10.0, alpha: float = 0.1
     ) -> None:
         super().__init__(num_classes, feature_dim)
-        self.criterion = ood_loss.CACLoss(n_classes=num_classes, magnitude=magnitude, alpha=alpha)
-
-    @property
-    def anchors(self) -> Tensor:
-        return self.criterion.centers.params
+        self.magnitude, self.alpha = magnitude, alpha
+        self.register_buffer("anchors", magnitude * torch.eye(num_classes), persistent=False)
 
     def logits(self, features: Tensor, head: nn.Linear) -> Tensor:
-        return -squared_distances(head(features), self.anchors)
+        return -distances(head(features), self.anchors.to(features.dtype))
 
     def loss(
         self, features: Tensor | None, logits: Tensor, labels: Tensor, head: nn.Linear
     ) -> tuple[Tensor, dict[str, Tensor]]:
         anchor = (-logits).gather(1, labels[:, None]).mean()
         tuplet = F.cross_entropy(logits, labels)
-        return self.criterion.alpha * anchor + tuplet, {"anchor": anchor, "tuplet": tuplet}
+        return self.alpha * anchor + tuplet, {"anchor": anchor, "tuplet": tuplet}
 
     def score(self, features: Tensor, logits: Tensor) -> Tensor:
         return log_rejection_score(-logits.float()).amin(dim=1)

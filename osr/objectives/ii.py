@@ -1,26 +1,32 @@
 """II loss: logits are negative distances to running class means of an embedding."""
 
-from pytorch_ood import loss as ood_loss
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from osr.objectives.base import Objective, squared_distances
 
+# what an absent pair of classes counts as in the smallest distance between class means (the
+# value pytorch-ood uses on its diagonal): a batch of one class has no separation term
+FAR = 1e24
+
 
 class IILoss(Objective):
-    """pytorch-ood's ``IILoss`` (Hassen & Chan, "Learning a Neural-network-based
-    Representation for Open Set Recognition", SDM 2020) on the K-dimensional output of the
-    head: intra-class spread minus ``alpha`` times the smallest distance between class means
-    (alpha 1, the paper's unweighted difference and pytorch-ood's default).
+    """II loss (Hassen & Chan, "Learning a Neural-network-based Representation for Open Set
+    Recognition", SDM 2020) on the K-dimensional output z of the head, written from the paper
+    as pytorch-ood's ``IILoss`` computes it: intra-class spread minus ``alpha`` times the
+    smallest squared distance between the means of the classes in the batch,
 
-    The class means are pytorch-ood's running estimates, buffers updated by every training
-    batch, so they travel in the module's ``state_dict``. Logits are the negative squared
-    distances of the embedding to them; the score (``ii``) is the smallest such distance.
-    pytorch-ood averages every batch since the estimate started with equal weight, while the
-    loss, unbounded below (the separation term grows with the embedding's scale), keeps
-    moving the embedding: the estimate is restarted (pytorch-ood's ``reset``) at the start of
-    every training epoch, so that the means scored with are those of the last epoch, near the
-    paper's class means of the training data after training. pytorch-ood needs two classes
-    in every training batch: with one, its inter-class term is -1e24 (no gradient).
+        loss = (1/N) sum_i ||z_i - mu_{y_i}||^2 - alpha * min_{j != k} ||mu_j - mu_k||^2,
+
+    mu the batch's class means (alpha 1, the paper's unweighted difference). The class means
+    scored with are those of every training image since the epoch started, counted per
+    class: a sum and a count per class (buffers, in the ``state_dict``), so a class missing
+    from some batches is averaged over its own images only. pytorch-ood 0.4.0's running
+    centers keep one batch counter for all classes, which shrinks the mean of a class absent
+    from the first batches toward zero. The means restart every epoch (the loss, unbounded
+    below, keeps moving the embedding), so those scored with are the last epoch's. Logits are
+    the negative squared distances to them; the score (``ii``) is the smallest distance.
     """
 
     uses_head_as_logits = False
@@ -29,29 +35,41 @@ class IILoss(Objective):
 
     def __init__(self, num_classes: int, feature_dim: int, alpha: float = 1.0) -> None:
         super().__init__(num_classes, feature_dim)
-        self.criterion = ood_loss.IILoss(
-            n_classes=num_classes, n_embedding=num_classes, alpha=alpha
-        )
+        self.alpha = alpha
+        self.register_buffer("sums", torch.zeros(num_classes, num_classes))
+        self.register_buffer("counts", torch.zeros(num_classes))
 
     @property
     def means(self) -> Tensor:
-        return self.criterion.centers.centers
+        """K x K: each class's mean embedding over the images seen since the epoch started
+        (zeros for a class not seen yet)."""
+        return self.sums / self.counts.clamp(min=1)[:, None]
 
     def logits(self, features: Tensor, head: nn.Linear) -> Tensor:
-        return -squared_distances(head(features), self.means)
+        z = head(features)
+        return -squared_distances(z, self.means.to(z.dtype))
 
     def loss(
         self, features: Tensor | None, logits: Tensor, labels: Tensor, head: nn.Linear
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = self.criterion(head(features), labels)
-        # pytorch-ood writes the batch means, with their autograd graph, into the running
-        # means; detached, the buffer no longer holds every past step's graph alive
-        running = self.criterion.centers
-        running.running_centers = running.running_centers.detach()
-        return loss, {}
+        z = head(features).float()
+        onehot = F.one_hot(labels, self.num_classes).to(z.dtype)  # B x K
+        sums, counts = onehot.T @ z, onehot.sum(dim=0)
+        batch_means = sums / counts.clamp(min=1)[:, None]
+        intra = (z - batch_means[labels]).square().sum() / len(z)
+        present = counts > 0
+        apart = squared_distances(batch_means, batch_means)
+        same = torch.eye(len(counts), dtype=torch.bool, device=z.device)
+        inter = apart.masked_fill(~(present[:, None] & present[None, :]) | same, FAR).amin()
+        if self.training:
+            with torch.no_grad():
+                self.sums += sums
+                self.counts += counts
+        return intra - self.alpha * inter, {}
 
     def start_epoch(self) -> None:
-        self.criterion.centers.reset()
+        self.sums.zero_()
+        self.counts.zero_()
 
     def score(self, features: Tensor, logits: Tensor) -> Tensor:
         return -logits.float().amax(dim=1)
