@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from osr.reporting.metrics import SetOutputs, open_set_metrics, separation
+from osr.reporting.metrics import SetOutputs, open_set_metrics, oscr, separation
 
 
 def test_separation_hand_computed_case():
@@ -58,9 +58,64 @@ def test_open_set_metrics_hand_computed():
     assert m["ood.fashion_mnist.rejection_rate"] == pytest.approx(1 / 2)
     assert m["thresholds.s"] == 0.5
     assert m["ood.fashion_mnist.scores.s.auroc"] == pytest.approx(5 / 8)
+    # the correctly classified known images score 0.1, 0.2 and 0.9 (the fourth is
+    # misclassified); four of their six pairs with the OOD scores 0.8 and 0.25 are ordered
+    assert m["ood.fashion_mnist.scores.s.oscr"] == pytest.approx(4 / (4 * 2))
     cm = np.array(m["open_set.confusion_matrix"])
     assert cm.shape == (4, 4) and cm.sum() == 6 and cm[2, 3] == 1 and cm[3, 0] == 1
     from sklearn.metrics import f1_score
 
     expected_f1 = f1_score([0, 1, 2, 2, 3, 3], [0, 1, 3, 1, 3, 0], average="macro")
     assert m["open_set.macro_f1"] == pytest.approx(expected_f1)
+
+
+def oscr_brute_force(known: np.ndarray, correct: np.ndarray, ood: np.ndarray) -> float:
+    """Dhamija et al.'s curve walked threshold by threshold: at every distinct score t (and
+    below them all) the rates of correct known and OOD images with a score <= t, the area by
+    the trapezoid rule; no sorting tricks, no shortcuts."""
+    points = [(0.0, 0.0)]
+    for t in sorted(set(known.tolist()) | set(ood.tolist())):
+        ccr = sum(1 for s, c in zip(known, correct, strict=True) if c and s <= t) / len(known)
+        fpr = sum(1 for s in ood if s <= t) / len(ood)
+        points.append((fpr, ccr))
+    return sum(
+        (f1 - f0) * (c0 + c1) / 2
+        for (f0, c0), (f1, c1) in zip(points[:-1], points[1:], strict=True)
+    )
+
+
+def oscr_pairs(known: np.ndarray, correct: np.ndarray, ood: np.ndarray) -> float:
+    """The same area as a sum over (correct known, OOD) pairs: 1 when the known image scores
+    lower, 1/2 when they tie."""
+    k = known[correct][:, None]
+    pairs = (k < ood[None, :]) + 0.5 * (k == ood[None, :])
+    return pairs.sum() / (len(known) * len(ood))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_oscr_against_brute_force_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    known = rng.integers(0, 8, size=40).astype(float)  # 8 values: many ties, across sets too
+    ood = rng.integers(3, 12, size=25).astype(float)
+    correct = rng.random(40) < 0.8
+    ours = oscr(torch.tensor(known), torch.tensor(correct), torch.tensor(ood))
+    assert ours == pytest.approx(oscr_brute_force(known, correct, ood), abs=1e-12)
+    assert ours == pytest.approx(oscr_pairs(known, correct, ood), abs=1e-12)
+
+
+def test_oscr_ties_count_one_half_and_all_wrong_gives_zero():
+    known, ood = torch.tensor([1.0, 2.0]), torch.tensor([2.0])
+    # the correct image at 2 ties the OOD image: half a pair; the one at 1 a whole pair
+    assert oscr(known, torch.tensor([True, True]), ood) == pytest.approx((1 + 0.5) / 2)
+    assert oscr(known, torch.tensor([False, True]), ood) == pytest.approx(0.5 / 2)
+    assert oscr(known, torch.tensor([False, False]), ood) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_oscr_is_accuracy_times_auroc_of_correct_known_vs_ood_without_ties(seed):
+    rng = np.random.default_rng(seed)
+    known, ood = rng.normal(0, 1, 500), rng.normal(1, 1, 300)
+    correct = rng.random(500) < 0.9
+    auroc = roc_auc_score(np.r_[np.zeros(correct.sum()), np.ones(300)], np.r_[known[correct], ood])
+    ours = oscr(torch.tensor(known), torch.tensor(correct), torch.tensor(ood))
+    assert ours == pytest.approx(correct.mean() * auroc, abs=1e-12)

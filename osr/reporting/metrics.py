@@ -49,6 +49,28 @@ def separation(known: Tensor, ood: Tensor) -> dict[str, float]:
     }
 
 
+def oscr(known: Tensor, correct: Tensor, ood: Tensor) -> float:
+    """Open-set classification rate (Dhamija et al., 2018): the area under CCR(t) against
+    FPR(t) over every threshold t, an image being accepted as known when its score is at most
+    t. CCR(t) is the fraction of known images accepted and correctly classified
+    (``correct``), FPR(t) the fraction of OOD images accepted.
+
+    Images with equal scores are accepted together, so across a tie between a correct known
+    image and an OOD image the curve moves diagonally (the trapezoid rule): each such pair
+    counts one half, as in AUROC. Hence OSCR = accuracy x AUROC(correct known vs OOD).
+    """
+    if not len(known) or not len(ood):
+        return float("nan")
+    known, ood = known.double(), ood.double()
+    thresholds = torch.cat([known, ood]).unique()  # sorted
+    accepted_correct = torch.searchsorted(known[correct].sort().values, thresholds, right=True)
+    accepted_ood = torch.searchsorted(ood.sort().values, thresholds, right=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    ccr = torch.cat([zero, accepted_correct.double() / len(known)])
+    fpr = torch.cat([zero, accepted_ood.double() / len(ood)])
+    return torch.trapezoid(ccr, fpr).item()
+
+
 def open_set_metrics(
     outputs: dict[str, SetOutputs], known_set: str, num_classes: int, thresholds: dict[str, float]
 ) -> dict[str, object]:
@@ -74,11 +96,14 @@ def open_set_metrics(
         "open_set.confusion_matrix": multiclass_confusion_matrix(predictions, labels, k1).tolist(),
     }
     metrics.update({f"thresholds.{name}": value for name, value in thresholds.items()})
+    correct = known.logits.argmax(1) == known.labels
     for name, out in ood_sets.items():
         metrics[f"ood.{name}.rejection_rate"] = (out.predictions == unknown).float().mean().item()
         metrics[f"ood.{name}.count"] = len(out.labels)
         for score, values in out.scores.items():
-            for key, value in separation(known.scores[score], values).items():
+            figures = separation(known.scores[score], values)
+            figures["oscr"] = oscr(known.scores[score], correct, values)
+            for key, value in figures.items():
                 metrics[f"ood.{name}.scores.{score}.{key}"] = value
     metrics[f"{known_set}.count"] = len(known.labels)
     return metrics

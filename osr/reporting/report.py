@@ -14,11 +14,11 @@ from osr.reporting import plots
 from osr.scoring.test_sets import Evaluation
 from osr.utils.io import atomic_write, write_json, write_text
 
-SEPARATION_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+SEPARATION_KEYS = ("auroc", "oscr", "aupr_in", "aupr_out", "fpr95")
 
 
 def separation_rows(metrics: dict[str, Any], evaluation: Evaluation) -> list[list[Any]]:
-    """[set, detector, auroc, aupr_in, aupr_out, fpr95] per OOD set and detector, detectors
+    """[set, detector, auroc, oscr, aupr_in, aupr_out, fpr95] per OOD set and detector, detectors
     ranked by their AUROC averaged over the OOD sets (best first)."""
     sets = [name for name in evaluation.outputs if name != evaluation.known_set]
     detectors = list(evaluation.outputs[evaluation.known_set].scores)
@@ -150,10 +150,15 @@ def render_report(
         ),
     ]
     lines += ["", "## Separation of known test images from each OOD set", ""]
-    lines += ["Detectors ranked by their AUROC averaged over the OOD sets, best first.", ""]
     lines += [
-        "| detector | OOD set | AUROC | AUPR-In | AUPR-Out | FPR@95%TPR |",
-        "|---|---|---|---|---|---|",
+        "Detectors ranked by their AUROC averaged over the OOD sets, best first. OSCR: the "
+        "area under the rate of known images accepted and correctly classified against the "
+        "rate of OOD images accepted.",
+        "",
+    ]
+    lines += [
+        "| detector | OOD set | AUROC | OSCR | AUPR-In | AUPR-Out | FPR@95%TPR |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in separation_rows(metrics, evaluation):
         lines.append("| " + " | ".join([f"`{row[1]}`", row[0], *(pct(v) for v in row[2:])]) + " |")
