@@ -72,7 +72,9 @@ def compose_train(model: str, batches: int, device: str, batch_size: int):
 
 def fresh(cfg, datamodule, device: torch.device):
     pl.seed_everything(0)
-    return instantiate(cfg.model, class_names=datamodule.class_names).to(device)
+    return instantiate(
+        cfg.model, class_names=datamodule.class_names, input_shape=datamodule.input_shape
+    ).to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -181,7 +183,9 @@ def trainer_and_loop(
     loop = HandLoop(fresh(cfg, datamodule, device), batches, datamodule.transform.to(device))
     timer = Interleaved(loop, warmup, chunk)
     trainer = instantiate(cfg.trainer, logger=False)
-    model = instantiate(cfg.model, class_names=datamodule.class_names)
+    model = instantiate(
+        cfg.model, class_names=datamodule.class_names, input_shape=datamodule.input_shape
+    )
     if plain:
         model = PlainLightning(model)
     trainer.fit(timer.attach(model), datamodule=datamodule)

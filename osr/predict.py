@@ -17,7 +17,6 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from osr.data.labels import UNKNOWN_NAME
-from osr.data.sources import IMAGE_SIZE
 from osr.data.transforms import BatchTransform
 from osr.evaluate import resolve_device
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
@@ -58,25 +57,28 @@ class NotAnImage(ValueError):
     """The file is not a PNG or a JPEG (torchvision would also decode GIF and WebP)."""
 
 
-def load_image(path: Path, channels: int) -> Tensor:
-    """One PNG or JPEG file as uint8 (C,28,28): decoded, converted to gray (or RGB), resized."""
+def load_image(path: Path, shape: tuple[int, int, int]) -> Tensor:
+    """One PNG or JPEG file as uint8 of the model's ``shape`` (C,H,W): decoded, converted to
+    gray (or RGB), resized."""
     data = path.read_bytes()
     if not data.startswith(IMAGE_SIGNATURES):
         raise NotAnImage("not a PNG or JPEG file")
-    mode = torchvision.io.ImageReadMode.GRAY if channels == 1 else torchvision.io.ImageReadMode.RGB
+    mode = torchvision.io.ImageReadMode.GRAY if shape[0] == 1 else torchvision.io.ImageReadMode.RGB
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     image = torchvision.io.decode_image(encoded, mode=mode)
     if min(image.shape[-2:]) == 0:
         raise ValueError("the image is empty")
-    return TF.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    return TF.resize(image, list(shape[1:]), antialias=True)
 
 
-def load_images(paths: list[Path], channels: int) -> tuple[list[Path], Tensor, list[Skipped]]:
+def load_images(
+    paths: list[Path], shape: tuple[int, int, int]
+) -> tuple[list[Path], Tensor, list[Skipped]]:
     """The PNG and JPEG images among ``paths``, and every other file with why it was skipped."""
     kept, images, skipped = [], [], []
     for path in paths:
         try:
-            images.append(load_image(path, channels))
+            images.append(load_image(path, shape))
             kept.append(path)
         except NotAnImage as e:
             skipped.append(Skipped(path, str(e)))
@@ -84,7 +86,7 @@ def load_images(paths: list[Path], channels: int) -> tuple[list[Path], Tensor, l
             # torchvision prefixes its C++ source location; keep the sentence
             reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", " ".join(str(e).split())) or type(e).__name__
             skipped.append(Skipped(path, f"not a readable PNG/JPEG image ({reason})"))
-    stacked = torch.stack(images) if images else torch.empty(0, channels, IMAGE_SIZE, IMAGE_SIZE)
+    stacked = torch.stack(images) if images else torch.empty(0, *shape)
     return kept, stacked.to(torch.uint8), skipped
 
 
@@ -98,9 +100,9 @@ def predict(cfg: DictConfig) -> Path:
             f"calibrate it first with `python -m osr.calibrate ckpt_path={cfg.ckpt_path}`."
         )
     stats = ckpt["datamodule_hyper_parameters"]
-    transform = BatchTransform(stats["mean"], stats["std"]).to(module.device)
-    channels = 3 if transform.mean.shape[1] == 3 else 1
-    paths, images, skipped = load_images(find_images(cfg.inputs), channels)
+    shape = tuple(module.hparams.input_shape)
+    transform = BatchTransform(stats["mean"], stats["std"], channels=shape[0]).to(module.device)
+    paths, images, skipped = load_images(find_images(cfg.inputs), shape)
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
     if not paths:

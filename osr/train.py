@@ -29,8 +29,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(
-        cfg.model, class_names=datamodule.class_names, detectors=plain(cfg.get("detectors"))
+        cfg.model,
+        class_names=datamodule.class_names,
+        input_shape=datamodule.input_shape,
+        detectors=plain(cfg.get("detectors")),
     )
+    if model.test_flip and not datamodule.flippable:
+        raise OSRError(
+            f"model.test_flip=true for {datamodule.name}: a mirrored {datamodule.name} image "
+            "is not an image of its class, so it is never flipped. Set model.test_flip=false."
+        )
     run_config = to_plain(cfg)
     run_config.pop("hydra", None)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]

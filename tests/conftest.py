@@ -4,7 +4,7 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ needs_mirror = pytest.mark.skipif(
 )
 
 TINY_TRAIN, TINY_TEST = 400, 120
+TINY_CIFAR = 20  # training images per CIFAR-10 class
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -91,16 +92,32 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_idx_dataset(root, "MNIST", seed=0, draw=digit_like)
     write_idx_dataset(root, "FashionMNIST", seed=1, draw=clothing_like)
     write_image_folder(root / "CIFAR10" / "test", CIFAR_CLASSES, per_class=6, seed=2)
+    write_image_folder(root / "CIFAR10" / "train", CIFAR_CLASSES, per_class=TINY_CIFAR, seed=3)
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Decoded image folders go to a temporary cache, for in-process runs and the ``python
+    -m osr.*`` processes the tests start alike, never into the repository's."""
+    path = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("OSR_CACHE_DIR")
+    os.environ["OSR_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        del os.environ["OSR_CACHE_DIR"]
+    else:
+        os.environ["OSR_CACHE_DIR"] = before
+
+
+# the OOD sets of the default config (ood=default); other ood configs name theirs
+OOD_SETS = ("fashion_mnist", "cifar10")
 TINY_OVERRIDES = [
     "data.val_size=100",
     "data.batch_size=32",
     "data.eval_batch_size=64",
     "data.download=false",
-    "ood.sets.fashion_mnist.download=false",
-    "ood.sets.cifar10.download=false",
+    *(f"ood.sets.{name}.download=false" for name in OOD_SETS),
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
     "callbacks.rich_progress_bar=null",
@@ -146,11 +163,16 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
 def train_cfg(tiny_data: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose the real ``train`` config on the tiny data, writing into tmp_path."""
 
-    def make(*overrides: str, config_name: str = "train") -> DictConfig:
+    def make(
+        *overrides: str, config_name: str = "train", ood_sets: tuple[str, ...] = OOD_SETS
+    ) -> DictConfig:
+        """``ood_sets``: the OOD sets the composed config holds (e.g. () with ood=none)."""
+        tiny = [o for o in TINY_OVERRIDES if not o.startswith("ood.sets.")]
+        tiny += [f"ood.sets.{name}.download=false" for name in ood_sets]
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(
                 config_name=config_name,
-                overrides=[f"paths.data_dir={tiny_data}", *TINY_OVERRIDES, *overrides],
+                overrides=[f"paths.data_dir={tiny_data}", *tiny, *overrides],
             )
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")

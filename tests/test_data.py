@@ -143,7 +143,10 @@ def test_ood_role_relabels_everything_unknown(tiny_data):
 
 
 def test_cifar_image_folder_becomes_grayscale_28x28(tiny_data):
-    own = CIFAR10DataModule(str(tiny_data), **CIFAR_STATS, unknown_label=10, download=False)
+    """For a digits model (1x28x28, what ``ood_datamodules`` passes)."""
+    own = CIFAR10DataModule(
+        str(tiny_data), **CIFAR_STATS, unknown_label=10, download=False, channels=1, image_size=28
+    )
     own.setup("test")
     images = own.test_set.tensors[0]
     assert images.shape == (60, 3, 28, 28) and images.dtype == torch.uint8

@@ -67,7 +67,7 @@ SKIPPED = {"c.gif", "d.webp", "gif_named.png", "notes.txt", "broken.png"}
 @pytest.mark.parametrize("pattern", ["{folder}", "{folder}/**/*"], ids=["folder", "glob"])
 def test_only_png_and_jpeg_are_read_and_every_other_file_is_counted(mixed_files, pattern):
     paths = find_images(pattern.format(folder=mixed_files))
-    kept, images, skipped = load_images(paths, channels=1)
+    kept, images, skipped = load_images(paths, (1, 28, 28))
     assert [p.name for p in kept] == ["a.png", "b.jpeg"]
     assert images.shape == (2, 1, 28, 28)
     assert {s.path.name for s in skipped} == SKIPPED

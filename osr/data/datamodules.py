@@ -13,10 +13,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from osr.data.augment import NaturalImageAugment
+from osr.data.image_folder import check_cache_dir
 from osr.data.labels import UNKNOWN_NAME
 from osr.data.sampling import ResumableDataLoader, ShardedBatchSampler, TensorBatchLoader
 from osr.data.sources import SOURCES
-from osr.data.transforms import BatchTransform
+from osr.data.transforms import BatchTransform, resize
 from osr.utils.config import plain
 from osr.utils.errors import OSRError
 
@@ -36,8 +38,15 @@ class ImageDataModule(pl.LightningDataModule):
         test_limit: at most this many test images (a random subset drawn with ``seed``), None
             for all.
         download: try torchvision's download when the files are missing.
-        blur_kernel_size, blur_sigma, translate, rotate: the training augmentation (see
-            ``BatchTransform``), applied in ``on_after_batch_transfer`` on the batch's device.
+        channels, image_size: the shape images are brought to (None: the dataset's own,
+            1x28x28 digits, 3x32x32 CIFAR-10); an OOD set gets the known set's.
+        cache_dir: where image folders are decoded once (None: decode every time); never
+            inside ``data_dir``.
+        blur_kernel_size, blur_sigma, translate, rotate, crop_padding, flip, cutout,
+            randaugment_ops, randaugment_magnitude: the training augmentation (see
+            ``BatchTransform`` and ``NaturalImageAugment``), drawn per image in
+            ``on_after_batch_transfer`` on the batch's device. Datasets whose images change
+            meaning when mirrored (digits) refuse ``flip``.
         on_device: keep the uint8 tensors on the trainer's accelerator (moved once) and draw
             the index batches there: true, false, or auto (when they take under a quarter of
             the accelerator's free memory). On the CPU the data is in memory either way.
@@ -49,6 +58,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     source_name: str = ""
     name: str = ""
+    # whether a mirrored image is still an image of its class (a mirrored digit is not)
+    flippable: bool = True
 
     def __init__(
         self,
@@ -71,19 +82,51 @@ class ImageDataModule(pl.LightningDataModule):
         on_device: bool | str = "auto",
         device_eval_batch_size: int = 4096,
         drop_last: bool = False,
+        channels: int | None = None,
+        image_size: int | None = None,
+        cache_dir: str | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        cutout: int = 0,
+        randaugment_ops: int = 0,
+        randaugment_magnitude: float = 9,
     ) -> None:
         super().__init__()
         if on_device not in ("auto", True, False):
             raise OSRError(
                 f"data.on_device={on_device!r}: use true, false or auto, e.g. data.on_device=auto"
             )
+        if flip and not self.flippable:
+            raise OSRError(
+                f"data.flip=true for {self.name}: a mirrored {self.name} image is not an image "
+                "of its class, so it is never flipped. Set data.flip=false."
+            )
         mean, std, blur_sigma = plain(mean), plain(std), plain(blur_sigma)
         known_classes = plain(known_classes)
         self.save_hyperparameters(logger=False)
         self.data_dir = Path(data_dir).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        if self.cache_dir is not None:
+            check_cache_dir(self.cache_dir, self.data_dir)
         self.source = SOURCES[self.source_name]
+        native_channels, native_size = self.source.shape
+        self.input_shape = (
+            channels or native_channels,
+            image_size or native_size,
+            image_size or native_size,
+        )
+        natural = NaturalImageAugment(
+            crop_padding, flip, cutout, randaugment_ops, randaugment_magnitude
+        )
         self.transform = BatchTransform(
-            mean, std, blur_kernel_size, blur_sigma, translate=translate, rotate=rotate
+            mean,
+            std,
+            blur_kernel_size,
+            blur_sigma,
+            translate=translate,
+            rotate=rotate,
+            channels=self.input_shape[0],
+            natural=natural,
         )
         self.known_classes = list(known_classes) if known_classes is not None else None
         self.train_set: TensorDataset | None = None
@@ -122,7 +165,7 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        test_x, test_y = self.source.load(self.data_dir, train=False)
+        test_x, test_y = self._load(train=False)
         if self.is_ood:
             test_y = torch.full_like(test_y, self.hparams.unknown_label)
             self.test_set = self._limited(test_x, test_y)
@@ -131,7 +174,7 @@ class ImageDataModule(pl.LightningDataModule):
         relabel = torch.full((len(self.source.classes),), -1, dtype=torch.long)
         relabel[torch.tensor(known)] = torch.arange(len(known))
 
-        train_x, train_y = self.source.load(self.data_dir, train=True)
+        train_x, train_y = self._load(train=True)
         keep = relabel[train_y] >= 0
         train_x, train_y = train_x[keep], relabel[train_y[keep]]
         if not 0 < self.hparams.val_size < len(train_y):
@@ -152,6 +195,12 @@ class ImageDataModule(pl.LightningDataModule):
             self.unknown_sets = {
                 f"{self.name}_unknown": self._limited(test_x[~is_known], unknown_y)
             }
+
+    def _load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """A split at ``input_shape``'s size (channels are the transform's job: cheaper on
+        the batch than on the whole set)."""
+        images, labels = self.source.load(self.data_dir, train=train, cache_dir=self.cache_dir)
+        return resize(images, self.input_shape[-1]), labels
 
     def _check_known(self, known: list[int]) -> None:
         n = len(self.source.classes)
@@ -281,6 +330,7 @@ class ImageDataModule(pl.LightningDataModule):
 class MNISTDataModule(ImageDataModule):
     source_name = "MNIST"
     name = "mnist"
+    flippable = False
 
 
 class FashionMNISTDataModule(ImageDataModule):

@@ -1,8 +1,11 @@
-"""Read datasets through torchvision once and hand them back as in-memory uint8 tensors.
+"""Read datasets through torchvision once and hand them back as in-memory uint8 tensors at
+their own shape (1x28x28 digits and clothes, 3x32x32 CIFAR-10); the DataModule brings them to
+the known set's shape.
 
 Layout under the data directory (torchvision's own):
   MNIST/raw/*-ubyte, FashionMNIST/raw/*-ubyte,
-  CIFAR10/cifar-10-batches-py/ (torchvision's CIFAR10) or CIFAR10/test/<class>/*.jpg.
+  CIFAR10/cifar-10-batches-py/ (torchvision's CIFAR10) or CIFAR10/{train,test}/<class>/*.jpg
+  (decoded once into ``cache_dir``).
 """
 
 import shutil
@@ -12,17 +15,16 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
+from osr.data.image_folder import cached_image_folder
 from osr.utils.errors import DatasetCorruptError, DatasetNotFoundError
 
-IMAGE_SIZE = 28
 HOW_TO_POINT = (
     "Point the project at a local copy with `paths.data_dir=/path/to/data` on the command line "
     "or `export OSR_DATA_DIR=/path/to/data`, or run once with internet so it can be downloaded."
 )
 
-Images = tuple[Tensor, Tensor]  # uint8 (N,C,28,28), int64 labels (N,)
+Images = tuple[Tensor, Tensor]  # uint8 (N,C,H,W), int64 labels (N,)
 
 
 def _missing(name: str, where: Path, expected: str, reason: str) -> DatasetNotFoundError:
@@ -50,6 +52,7 @@ class IDXSource:
         self.dataset_cls = dataset_cls
         self.name = dataset_cls.__name__
         self.classes: list[str] = list(dataset_cls.classes)
+        self.shape = (1, 28)  # channels, side
 
     def expected(self, root: Path) -> str:
         files = ", ".join(Path(url).stem for url, _ in self.dataset_cls.resources)
@@ -67,7 +70,7 @@ class IDXSource:
             lambda: self.dataset_cls(str(root), train=True, download=True),
         )
 
-    def load(self, root: Path, train: bool) -> Images:
+    def load(self, root: Path, train: bool, cache_dir: Path | None = None) -> Images:
         if not self.available(root):
             raise _missing(self.name, root, self.expected(root), "the files are missing")
         try:
@@ -84,13 +87,14 @@ class IDXSource:
                 f"{images.dtype} images and {len(labels)} labels, not (N,28,28) uint8 with N "
                 "labels. Delete them to download again, or restore them from a good copy."
             )
-        return _resized(images.unsqueeze(1)), labels.long()
+        return images.unsqueeze(1), labels.long()
 
 
 class CIFAR10Source:
     """CIFAR-10 from torchvision's pickles, or from an image folder ``CIFAR10/<split>/<class>/``."""
 
     name = "CIFAR10"
+    shape = (3, 32)  # channels, side
     classes = [
         "airplane",
         "automobile",
@@ -127,7 +131,7 @@ class CIFAR10Source:
             lambda: torchvision.datasets.CIFAR10(str(root / self.name), train=False, download=True),
         )
 
-    def load(self, root: Path, train: bool) -> Images:
+    def load(self, root: Path, train: bool, cache_dir: Path | None = None) -> Images:
         if self.pickles_available(root):
             try:
                 ds = torchvision.datasets.CIFAR10(
@@ -139,50 +143,17 @@ class CIFAR10Source:
                     "Delete cifar-10-batches-py to download again."
                 ) from None
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-            return _resized(images), torch.as_tensor(ds.targets, dtype=torch.long)
+            return images, torch.as_tensor(ds.targets, dtype=torch.long)
         folder = self.folder(root, train)
         if not folder.is_dir():
             raise _missing(self.name, root, self.expected(root, train), "neither is there")
-        images, labels, classes = load_image_folder(folder, self.name)
+        images, labels, classes = cached_image_folder(folder, self.name, cache_dir)
         if classes != self.classes:
             raise DatasetCorruptError(
                 f"CIFAR10 image folder {folder} has class folders {classes}, expected "
                 f"{self.classes}. Lay it out as <class>/<image> with CIFAR-10's ten classes."
             )
         return images, labels
-
-
-def load_image_folder(folder: Path, name: str) -> tuple[Tensor, Tensor, list[str]]:
-    """Decode every image of an ImageFolder layout: uint8 RGB at 28x28, labels, class names."""
-    try:
-        ds = torchvision.datasets.ImageFolder(str(folder))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DatasetCorruptError(
-            f"{name} image folder {folder} is not laid out as <class>/<image> ({e}). "
-            "Put each class's images in a sub-folder named after the class."
-        ) from None
-    images = []
-    for path, _ in ds.samples:
-        try:
-            image = torchvision.io.decode_image(
-                torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB
-            )
-        except RuntimeError as e:
-            raise DatasetCorruptError(
-                f"{name} image {path} could not be decoded ({e}). Remove or replace it."
-            ) from None
-        images.append(image)
-    if len({tuple(image.shape) for image in images}) == 1:
-        stacked = _resized(torch.stack(images))
-    else:
-        stacked = torch.stack([_resized(image) for image in images])
-    return stacked, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes)
-
-
-def _resized(images: Tensor) -> Tensor:
-    if images.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
-        return images
-    return TF.resize(images, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
 
 
 SOURCES = {

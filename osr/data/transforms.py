@@ -5,7 +5,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
 
+from osr.data.augment import NaturalImageAugment
 from osr.utils.errors import OSRError
 
 # ITU-R 601-2 luma, the weights torchvision's Grayscale uses.
@@ -68,12 +70,17 @@ def random_affine(x: Tensor, translate: float, rotate: float) -> Tensor:
 
 
 class BatchTransform(nn.Module):
-    """uint8 images -> normalized float images; in training, optionally shifted and rotated
-    (``translate`` pixels, ``rotate`` degrees; 0 = off), then blurred.
+    """uint8 images -> normalized float images with ``channels`` channels; in training,
+    optionally augmented.
 
-    With 3-channel statistics, RGB input is normalized per channel and then converted to
-    grayscale (the notebook's CIFAR-10 pipeline); with 1-channel statistics RGB input is
-    converted to grayscale first, then normalized.
+    Channels: gray input is repeated over three channels for an RGB model; RGB input for a
+    gray model is converted to grayscale, before normalizing with 1-channel statistics or,
+    with 3-channel statistics (the notebook's CIFAR-10 pipeline), after.
+
+    Training augmentation, each drawn per image: shifts of up to ``translate`` pixels and
+    rotations of up to ``rotate`` degrees (0 = off), then ``natural`` (crop, flip, policy
+    and Cutout for natural images, ``NaturalImageAugment``), then a Gaussian blur of
+    ``blur_kernel_size`` (0 = off) with sigma in ``blur_sigma``.
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class BatchTransform(nn.Module):
         blur_sigma: Sequence[float] = (0.1, 1.0),
         translate: float = 0.0,
         rotate: float = 0.0,
+        channels: int = 1,
+        natural: NaturalImageAugment | None = None,
     ) -> None:
         super().__init__()
         if translate < 0 or rotate < 0:
@@ -99,27 +108,44 @@ class BatchTransform(nn.Module):
                 f"data.mean={mean} and data.std={std} need 1 value each (grayscale) or 3 "
                 "(per RGB channel), e.g. data.mean=0.13 data.std=0.31"
             )
+        if channels not in (1, 3):
+            raise OSRError(f"data.channels={channels}: use 1 (grayscale) or 3 (RGB)")
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
         self.blur_kernel_size = blur_kernel_size
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.translate, self.rotate = float(translate), float(rotate)
+        self.channels = channels
+        self.natural = natural if natural is not None else NaturalImageAugment()
 
     def forward(self, images: Tensor, augment: bool = False) -> Tensor:
         x = images.to(self.mean.device, torch.float32) / 255.0
-        if augment and (self.translate or self.rotate):
-            # on [0, 1] pixels, so what moves in from outside is black background
-            x = random_affine(x, self.translate, self.rotate)
-        if x.shape[1] == 3 and self.mean.shape[1] == 1:
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if augment:
+            if self.translate or self.rotate:
+                # on [0, 1] pixels, so what moves in from outside is black background
+                x = random_affine(x, self.translate, self.rotate)
+            x = self.natural.pixels(x)
+        if x.shape[1] == 3 and self.channels == 1 and self.mean.shape[1] == 1:
             x = to_grayscale(x)
         x = (x - self.mean) / self.std
-        if x.shape[1] == 3:
+        if x.shape[1] == 3 and self.channels == 1:
             x = to_grayscale(x)
         if augment:
-            lo, hi = self.blur_sigma
-            sigma = torch.empty(x.shape[0], device=x.device).uniform_(lo, hi)
-            x = gaussian_blur(x, self.blur_kernel_size, sigma)
+            x = self.natural.normalized(x)
+            if self.blur_kernel_size:
+                lo, hi = self.blur_sigma
+                sigma = torch.empty(x.shape[0], device=x.device).uniform_(lo, hi)
+                x = gaussian_blur(x, self.blur_kernel_size, sigma)
         return x
+
+
+def resize(images: Tensor, size: int) -> Tensor:
+    """uint8 (N,C,H,W) images at ``size`` x ``size`` (antialiased bilinear), once at setup."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return TF.resize(images, [size, size], antialias=True)
 
 
 def _as_seq(v: float | Sequence[float]) -> Sequence[float]:

@@ -22,7 +22,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """conv, ReLU, 2x2 max-pool (indices kept), flatten, MLP down to the latent vector."""
+    """conv, ReLU, 2x2 max-pool (indices kept), flatten, MLP down to the latent vector.
+    ``input_shape``: (channels, height, width) of the images, square."""
 
     def __init__(
         self,
@@ -30,11 +31,11 @@ class Encoder(nn.Module):
         kernel_size: int = 5,
         hidden: tuple[int, ...] = (128, 64),
         latent_dim: int = 32,
-        image_size: int = 28,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, channels, kernel_size, stride=1, padding=1)
-        self.conv_side = conv_output_side(image_size, kernel_size, 1)
+        self.conv = nn.Conv2d(input_shape[0], channels, kernel_size, stride=1, padding=1)
+        self.conv_side = conv_output_side(input_shape[-1], kernel_size, 1)
         self.mlp = _mlp([channels * (self.conv_side // 2) ** 2, *hidden, latent_dim])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,7 +45,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """MLP up from the latent vector, un-flatten, max-unpool with the encoder's indices,
-    ReLU, transposed conv back to one channel."""
+    ReLU, transposed conv back to the image's ``out_channels``."""
 
     def __init__(
         self,
@@ -53,13 +54,14 @@ class Decoder(nn.Module):
         hidden: tuple[int, ...] = (64, 128),
         latent_dim: int = 32,
         conv_side: int = 26,
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
         self.conv_side = conv_side
         pooled_side = conv_side // 2
         self.shape = (channels, pooled_side, pooled_side)
         self.mlp = _mlp([latent_dim, *hidden, channels * pooled_side**2])
-        self.deconv = nn.ConvTranspose2d(channels, 1, kernel_size, stride=1, padding=1)
+        self.deconv = nn.ConvTranspose2d(channels, out_channels, kernel_size, stride=1, padding=1)
 
     def unpooled(self, z: Tensor, indices: Tensor) -> Tensor:
         """Feature map before the transposed conv: non-zero only at the encoder's maxima."""
@@ -68,18 +70,23 @@ class Decoder(nn.Module):
 
     def forward(self, z: Tensor, indices: Tensor) -> Tensor:
         # A stride-1 transposed conv is a conv with the kernel flipped and in/out swapped.
-        # With one output channel that conv is a per-channel (depthwise) conv summed over
-        # channels, the form oneDNN runs fastest on CPU: forward and backward about 1.7x
-        # faster than the dense conv, which is itself about 4x faster than ConvTranspose2d.
+        # With few output channels that conv is a per-channel (depthwise) conv, one group per
+        # input channel, summed over the input channels: the form oneDNN runs fastest on CPU
+        # (one output channel: forward and backward about 1.7x faster than the dense conv,
+        # which is itself about 4x faster than ConvTranspose2d).
         x = F.relu(self.unpooled(z, indices))
-        channels = x.shape[1]
-        padding = self.deconv.kernel_size[0] - 1 - self.deconv.padding[0]
-        per_channel = F.conv2d(x, self.deconv.weight.flip(-2, -1), padding=padding, groups=channels)
-        return per_channel.sum(1, keepdim=True) + self.deconv.bias.view(1, -1, 1, 1)
+        channels, out_channels, k, _ = self.deconv.weight.shape
+        padding = k - 1 - self.deconv.padding[0]
+        weight = self.deconv.weight.flip(-2, -1).reshape(channels * out_channels, 1, k, k)
+        per_channel = F.conv2d(x, weight, padding=padding, groups=channels)
+        if out_channels > 1:
+            per_channel = per_channel.unflatten(1, (channels, out_channels))
+        return per_channel.sum(1, keepdim=out_channels == 1) + self.deconv.bias.view(1, -1, 1, 1)
 
 
 class Autoencoder(nn.Module):
-    """Encoder and decoder with mirrored widths; the notebook's sizes are the defaults."""
+    """Encoder and decoder with mirrored widths for images of ``input_shape`` (channels,
+    height, width); the notebook's sizes are the defaults."""
 
     def __init__(
         self,
@@ -87,12 +94,18 @@ class Autoencoder(nn.Module):
         kernel_size: int = 5,
         hidden: tuple[int, ...] = (128, 64),
         latent_dim: int = 32,
-        image_size: int = 28,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
-        self.encoder = Encoder(channels, kernel_size, tuple(hidden), latent_dim, image_size)
+        input_shape = tuple(input_shape)
+        self.encoder = Encoder(channels, kernel_size, tuple(hidden), latent_dim, input_shape)
         self.decoder = Decoder(
-            channels, kernel_size, tuple(reversed(hidden)), latent_dim, self.encoder.conv_side
+            channels,
+            kernel_size,
+            tuple(reversed(hidden)),
+            latent_dim,
+            self.encoder.conv_side,
+            out_channels=input_shape[0],
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ def conv_output_side(side: int, kernel_size: int, padding: int) -> int:
 
 
 class ConvNet(nn.Module):
-    """Two conv blocks (conv, ReLU, 2x2 max-pool, Dropout2d) and two fully connected layers.
+    """Two conv blocks (conv, ReLU, 2x2 max-pool, Dropout2d) and two fully connected layers,
+    for images of ``input_shape`` (channels, height, width), square.
 
     Unlike the notebook, whose dropout outputs were discarded, dropout is applied. In eval
     mode ``head(features(x))`` equals ``forward(x)`` (dropout is then the identity).
@@ -23,17 +24,16 @@ class ConvNet(nn.Module):
         kernel_size: int = 5,
         channels: tuple[int, int] = (10, 20),
         hidden: int = 64,
-        image_size: int = 28,
-        in_channels: int = 1,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
         conv_dropout: float = 0.5,
         fc1_dropout: float = 0.5,
         fc2_dropout: float = 0.2,
     ) -> None:
         super().__init__()
         c1, c2 = channels
-        self.conv1 = nn.Conv2d(in_channels, c1, kernel_size, stride=1, padding=1)
+        self.conv1 = nn.Conv2d(input_shape[0], c1, kernel_size, stride=1, padding=1)
         self.conv2 = nn.Conv2d(c1, c2, kernel_size, stride=1, padding=1)
-        side = conv_output_side(image_size, kernel_size, 1) // 2
+        side = conv_output_side(input_shape[-1], kernel_size, 1) // 2
         side = conv_output_side(side, kernel_size, 1) // 2
         self.fc1 = nn.Linear(c2 * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
 from osr.utils.config import plain
+from osr.utils.errors import OSRError
 
 
 class AutoencoderClassifier(OpenSetModule):
@@ -16,7 +17,11 @@ class AutoencoderClassifier(OpenSetModule):
     being cross-entropy unless ``objective`` (a ``model.objective`` config) says otherwise.
 
     The classifier sees the input image (not the latent vector), as in the notebook; the
-    reconstruction error is what says UNKNOWN.
+    reconstruction error is what says UNKNOWN. Both networks are built for ``input_shape``
+    (channels, height, width), the known DataModule's: the decoder reconstructs that shape.
+
+    ``net`` is the classifier network's config (``model/net=``, as for the baseline);
+    ``classifier`` is the name checkpoints written before this change give it.
     """
 
     builtin_detectors = ("recon_l2", "binary_diff", "msp", "max_logit", "energy")
@@ -26,7 +31,7 @@ class AutoencoderClassifier(OpenSetModule):
     def __init__(
         self,
         autoencoder: dict,
-        classifier: dict,
+        net: dict | None,
         optimizer: dict,
         class_names: list[str],
         voting_scores: list[str] = ("recon_l2", "binary_diff"),
@@ -38,18 +43,24 @@ class AutoencoderClassifier(OpenSetModule):
         compile: bool | str = False,
         objective: dict | None = None,
         test_rotations: Sequence[float] = (),
+        test_flip: bool = False,
+        input_shape: Sequence[int] = (1, 28, 28),
+        classifier: dict | None = None,
     ) -> None:
-        autoencoder, classifier = plain(autoencoder), plain(classifier)
+        net = plain(net if net is not None else classifier)
+        if net is None:
+            raise OSRError("model.net: the classifier network's config is missing.")
+        autoencoder = plain(autoencoder)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
         detectors, objective = plain(detectors), plain(objective)
-        test_rotations = list(plain(test_rotations))
+        test_rotations, input_shape = list(plain(test_rotations)), tuple(plain(input_shape))
         super().__init__(
-            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations
+            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations, test_flip
         )
         self.save_hyperparameters(logger=False)
-        self.autoencoder = instantiate(autoencoder)
-        self.classifier = instantiate(classifier, num_classes=len(class_names))
+        self.autoencoder = instantiate(autoencoder, input_shape=input_shape)
+        self.classifier = instantiate(net, num_classes=len(class_names), input_shape=input_shape)
         networks = [self.autoencoder, self.classifier]
         self._finish_init(channels_last, compile, networks, objective)
 

@@ -17,6 +17,8 @@ class Classifier(OpenSetModule):
 
     ``objective``: a ``model.objective`` config (``conf/objective/``); None trains with
     cross-entropy, as checkpoints saved before objectives existed were.
+    ``input_shape``: (channels, height, width) of the images, the known DataModule's; the
+    network (``model.net``) is built for it.
     """
 
     builtin_detectors = ("msp", "max_logit", "energy")
@@ -34,16 +36,18 @@ class Classifier(OpenSetModule):
         compile: bool | str = False,
         objective: dict | None = None,
         test_rotations: Sequence[float] = (),
+        test_flip: bool = False,
+        input_shape: Sequence[int] = (1, 28, 28),
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
         detectors, objective = plain(detectors), plain(objective)
-        test_rotations = list(plain(test_rotations))
+        test_rotations, input_shape = list(plain(test_rotations)), tuple(plain(input_shape))
         super().__init__(
-            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations
+            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations, test_flip
         )
         self.save_hyperparameters(logger=False)
-        self.net = instantiate(net, num_classes=len(class_names))
+        self.net = instantiate(net, num_classes=len(class_names), input_shape=input_shape)
         self._finish_init(channels_last, compile, [self.net], objective)
 
     @property

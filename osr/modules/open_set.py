@@ -2,7 +2,6 @@
 open-set decision."""
 
 import inspect
-import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -10,13 +9,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, Metric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from osr.data.labels import unknown_label
-from osr.data.transforms import affine
 from osr.detectors import (
     ModelOutputs,
     ObjectiveScore,
@@ -26,19 +23,19 @@ from osr.detectors import (
 )
 from osr.detectors.builtin import BUILTIN
 from osr.modules.epoch_sums import EpochSums
+from osr.modules.training_figures import TrainingFigures
+from osr.modules.views import test_time_views
 from osr.objectives import Objective, build_objective
 from osr.utils.config import plain
 from osr.utils.errors import NotCalibratedError, OSRError
-from osr.utils.metric_state import load_metric_states, metric_states
 
-TRAIN_METRICS_KEY = "osr_train_metrics"  # checkpoint key of the epoch's accumulated figures
 THRESHOLDS_KEY = "osr_thresholds"  # checkpoint key of the calibrated thresholds, by detector
 DETECTORS_KEY = "osr_detectors"  # checkpoint key of the detectors' fitted state, by detector
 # no NaN checks: each would wait for the device every step
 mean_metric = partial(MeanMetric, nan_strategy="disable")
 
 
-class OpenSetModule(pl.LightningModule):
+class OpenSetModule(TrainingFigures, pl.LightningModule):
     """A classifier over K known classes that can also answer UNKNOWN (label K).
 
     Subclasses build their networks, then call ``_finish_init``; they implement
@@ -69,6 +66,7 @@ class OpenSetModule(pl.LightningModule):
         scheduler: dict | None = None,
         detectors: Mapping[str, Any] | None = None,
         test_rotations: Sequence[float] = (),
+        test_flip: bool = False,
     ) -> None:
         super().__init__()
         if detectors is None:
@@ -85,11 +83,12 @@ class OpenSetModule(pl.LightningModule):
         self.test_acc = accuracy()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run remembers it
-        self._saved_train_metrics: dict[str, Any] | None = None
-        # degrees of the rotated copies whose features join each image's (``view_features``)
+        # the rotated (degrees) and mirrored copies whose features join each image's
+        # (``view_features``)
         self.register_buffer(
             "_test_rotations", torch.tensor([float(d) for d in test_rotations]), persistent=False
         )
+        self.test_flip = test_flip
 
     def _finish_init(
         self,
@@ -189,20 +188,17 @@ class OpenSetModule(pl.LightningModule):
     def view_features(self, x: Tensor) -> Tensor:
         """Penultimate features of each image for the detectors and the open-set decision.
 
-        With ``test_rotations`` (test-time augmentation), the mean of the features of the
-        image and of its copies rotated by those degrees, from one pass over all the views:
-        what the network says of a digit then depends less on its exact pose. Training never
-        sees this; fitting, calibration and evaluation all do, so they stay consistent.
+        With ``test_rotations`` or ``test_flip`` (test-time augmentation), the mean of the
+        features of the image and of its rotated and mirrored copies, from one pass over all
+        the views: what the network says of an image then depends less on its exact pose.
+        Training never sees this; fitting, calibration and evaluation all do, so they stay
+        consistent.
         """
         net = self.classifier_net
-        degrees = self._test_rotations
-        if not len(degrees):
+        if not len(self._test_rotations) and not self.test_flip:
             return net.features(x)
-        b = len(x)
-        angles = degrees.repeat_interleave(b)
-        rotated = affine(x.repeat(len(degrees), 1, 1, 1), angles, angles.new_zeros(len(angles), 2))
-        features = net.features(torch.cat([x, rotated]))
-        return features.unflatten(0, (len(degrees) + 1, b)).mean(dim=0)
+        features = net.features(test_time_views(x, self._test_rotations, self.test_flip))
+        return features.unflatten(0, (-1, len(x))).mean(dim=0)
 
     def _classifier_outputs(self, x: Tensor, **more: Any) -> ModelOutputs:
         """What detectors read of the classifier, from one pass (eval mode): logits from the
@@ -303,11 +299,7 @@ class OpenSetModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.update(self.open_set_state())
-        # kept apart from the state_dict, which evaluate, calibrate and predict load strictly
-        checkpoint[TRAIN_METRICS_KEY] = {
-            "epoch": self.current_epoch,
-            "states": metric_states(self._train_metrics()),
-        }
+        self.save_train_figures(checkpoint)
 
     def decide(
         self,
@@ -351,77 +343,9 @@ class OpenSetModule(pl.LightningModule):
         self.train_sums.add(values, logits.detach(), y)
         return loss
 
-    def check_finite_loss(self, window: str) -> None:
-        """Raise if a training loss of this epoch has been NaN or infinite: the epoch's running
-        sum of losses then is too. One device sync, made every ``trainer.log_every_n_steps``
-        steps rather than by each step."""
-        value = self.train_sums.total("loss").item()
-        if not math.isfinite(value):
-            raise OSRError(
-                f"the training loss became {value} in epoch {self.current_epoch}, {window}; "
-                "training stopped rather than go on with broken weights. Lower "
-                "model.optimizer.lr, or resume from the last good checkpoint "
-                "(checkpoints/last.ckpt)."
-            )
-
-    def _check_finite_since_last(self, step: int, when: str) -> None:
-        if step > self._finite_through:  # the validation after an epoch's checked last batch
-            self.check_finite_loss(f"steps {self._finite_through + 1}-{step} ({when})")
-            self._finite_through = step
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The NaN stop: every ``trainer.log_every_n_steps`` steps and at an epoch's last batch,
-        before the optimizer applies this step's gradients, so that neither the weights nor a
-        checkpoint (saved at a step's or a validation's end) take a non-finite loss's update.
-        In the module rather than a callback: a callback costs Lightning's dispatch of every
-        hook at every step."""
-        trainer = self.trainer
-        step = trainer.global_step + 1  # the step being taken
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if step % trainer.log_every_n_steps == 0:
-            self._check_finite_since_last(
-                step, f"checked at step {step}, every trainer.log_every_n_steps"
-            )
-        elif done >= trainer.num_training_batches:
-            self._check_finite_since_last(step, f"checked at the end of epoch {self.current_epoch}")
-
-    def on_validation_start(self) -> None:
-        """A validation within an epoch (``trainer.val_check_interval``) ends in checkpoints."""
-        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
-            step = self.trainer.global_step
-            self._check_finite_since_last(step, f"checked before validating at step {step}")
-
-    def train_epoch_metrics(self) -> dict[str, Tensor]:
-        """The training epoch's loss, accuracy and loss terms so far (all ranks).
-
-        Steps only accumulate them: ``self.log`` of a metric in every step cost about a third
-        of a ConvNet step on CPU. ``on_train_epoch_end`` logs them once.
-        """
-        return {f"train/{name}": value for name, value in self.train_sums.compute().items()}
-
-    def on_train_epoch_end(self) -> None:
-        metrics = self.train_epoch_metrics()
-        self.log("train/acc", metrics.pop("train/acc"), prog_bar=True)
-        self.log_dict(metrics)
-        self.train_sums.reset()
-
-    def _train_metrics(self) -> dict[str, Metric]:
-        return {"sums": self.train_sums}
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_open_set_state(checkpoint)
-        self._saved_train_metrics = checkpoint.get(TRAIN_METRICS_KEY)
-
-    def on_train_start(self) -> None:
-        """Continue the resumed epoch's training figures. Lightning resumes a checkpoint saved
-        at an epoch's last batch in the next epoch, skipping that epoch's end: then the saved
-        figures belong to an epoch that is over and are dropped."""
-        self._finite_through = self.trainer.global_step  # steps up to here are known good
-        saved, self._saved_train_metrics = self._saved_train_metrics, None
-        # states saved before the figures became one sum (other names) are not put back
-        same_layout = saved and saved["states"].keys() == self._train_metrics().keys()
-        if same_layout and saved["epoch"] == self.current_epoch and self.trainer.is_global_zero:
-            load_metric_states(self._train_metrics(), saved["states"])
+        self.keep_saved_train_figures(checkpoint)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -29,7 +29,8 @@ class Evaluation:
 def ood_datamodules(
     ood_cfg: Mapping[str, Any], known: ImageDataModule
 ) -> dict[str, ImageDataModule]:
-    """Instantiate the configured OOD sets, every label UNKNOWN, normalized per protocol.
+    """Instantiate the configured OOD sets, every label UNKNOWN, at the known set's shape
+    (channels and size), normalized per protocol.
 
     Each is attached to ``known``'s trainer, so that under DDP every rank scores its own
     shard of it, as it does for the known test split.
@@ -46,6 +47,8 @@ def ood_datamodules(
             unknown_label=known.num_classes,
             test_limit=ood_cfg.get("limit"),
             seed=known.hparams.seed,  # the run's: osr.evaluate draws the same ood.limit subsets
+            channels=known.input_shape[0],
+            image_size=known.input_shape[-1],
             **stats,
         )
         for name, set_cfg in (ood_cfg.get("sets") or {}).items()

@@ -94,7 +94,10 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
         raise CheckpointError(NO_CONFIG)
     hparams = ckpt.get("hyper_parameters", {})
     module = instantiate(
-        config["model"], class_names=hparams["class_names"], detectors=config.get("detectors")
+        config["model"],
+        class_names=hparams["class_names"],
+        input_shape=hparams.get("input_shape", (1, 28, 28)),  # older checkpoints: digits
+        detectors=config.get("detectors"),
     )
     module.load_open_set_state(ckpt)
     try:

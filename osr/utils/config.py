@@ -36,6 +36,11 @@ def _item(sequence: ListConfig, index: int) -> Any:
     return sequence[int(index)]
 
 
+def _as_list(value: Any) -> list[Any]:
+    """``${osr_list:${data.std}}``: a list of one value, or the list itself (per channel)."""
+    return list(value) if isinstance(value, ListConfig | list | tuple) else [value]
+
+
 def _resumed_run(task_name: str, ckpt_path: str | None) -> Path | None:
     """The run directory that ``osr.train ckpt_path=<run>/checkpoints/x.ckpt`` continues."""
     if task_name == "train" and ckpt_path:
@@ -61,6 +66,7 @@ OmegaConf.register_new_resolver("osr_root", lambda: str(ROOT_DIR), replace=True)
 OmegaConf.register_new_resolver("osr_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("osr_hydra_subdir", _hydra_subdir, replace=True)
 OmegaConf.register_new_resolver("osr_item", _item, replace=True)
+OmegaConf.register_new_resolver("osr_list", _as_list, replace=True)
 OmegaConf.register_new_resolver("osr_sweep_group", _sweep_group, replace=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
