@@ -2,7 +2,6 @@
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from osr.reporting.run_record import cpu_name
 from osr.utils.config import CONFIG_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,17 +31,9 @@ def timed(fn: Callable[[], Any], repeats: int = 3) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -3,6 +3,7 @@
 import importlib
 import logging
 import sys
+import time
 from typing import Any
 
 import hydra
@@ -15,6 +16,7 @@ from osr.callbacks import StoreRunConfig, ThresholdCalibration
 from osr.callbacks.history import EpochHistory
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
+from osr.reporting.run_record import write_run_record
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
 from osr.utils.config import exits_on_user_error, instantiate_group, plain, to_plain
@@ -26,6 +28,7 @@ log = logging.getLogger("osr.train")
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, load the best weights, test. Returns the logged metrics and the objects made."""
+    started = time.time()
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(
@@ -73,6 +76,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 cfg.seed,
                 **cfg.get("report", {}),
             )
+    if trainer.is_global_zero:
+        write_run_record(cfg.paths.output_dir, started)
     _print_summary(metrics, best, cfg.paths.output_dir)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
 

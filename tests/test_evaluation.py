@@ -14,7 +14,7 @@ from sklearn.metrics import (
 )
 
 from osr.evaluate import evaluate_checkpoint
-from osr.summarize import summarize
+from osr.summarize import markdown, summarize
 from osr.train import train
 from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
 from tests.wandb_records import logged_config, logged_history
@@ -296,3 +296,18 @@ def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
             assert float(std) == pytest.approx(np.std(values, ddof=1))
     text = md.read_text()
     assert "calibration.k=2.0 (n=2)" in text and "`model=baseline`" in text
+
+    # the results section of the same sweep (osr.summarize --markdown)
+    section = markdown(sweep, ("seed",))
+    assert "seed=1,2" in section and "calibration.k=2.0,3.0" in section  # the sweep command
+    records = [json.loads((job / "run.json").read_text()) for job in sorted(sweep.glob("[0-9]"))]
+    assert all(r["seconds"] > 0 and r["machine"] and r["commit"] for r in records)
+    assert f"- commit: {records[0]['commit']}" in section
+    for config, runs in jobs.items():
+        block = section.split(f"### {config}")[1].split("### ")[0]
+        for score in ("msp", "max_logit"):
+            for key in ("auroc", "oscr"):
+                values = [100 * run[f"ood.cifar10.scores.{score}.{key}"] for run in runs]
+                expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+                row = next(line for line in block.splitlines() if line.startswith(f"| `{score}`"))
+                assert expected in row, (config, score, key)

@@ -1,0 +1,129 @@
+"""A sweep's results as a Markdown page section: what was run (command, dates, machine,
+commit, from the jobs' ``run.json``), then per configuration the closed-set accuracy, the
+time per job, and every detector's AUROC and OSCR on every OOD set, mean ± std over the
+replicates (seeds or splits), detectors ranked by mean AUROC."""
+
+import json
+import statistics
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from osr.reporting.run_record import RUN_RECORD
+
+Job = dict[str, Any]  # "overrides", "metrics", "run" (run.json, or {})
+
+
+def _mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def _sweep_command(sweep_dir: Path) -> str | None:
+    """``python -m osr.train -m <overrides>`` from Hydra's multirun.yaml, when present."""
+    config = sweep_dir / "multirun.yaml"
+    if not config.is_file():
+        return None
+    hydra_cfg = yaml.safe_load(config.read_text()).get("hydra", {})
+    name = hydra_cfg.get("job", {}).get("name", "train")
+    task = hydra_cfg.get("overrides", {}).get("task", [])
+    return " ".join([f"python -m osr.{name} -m", *task])
+
+
+def provenance(sweep_dir: Path, jobs: list[Job]) -> list[str]:
+    """Lines saying what was run, when, where and from which commit."""
+    runs = [job["run"] for job in jobs if job["run"]]
+    lines = []
+    command = _sweep_command(sweep_dir)
+    if command:
+        lines.append(f"- command: `{command}`")
+    if runs:
+        started = min(r["started"] for r in runs)
+        finished = max(r["finished"] for r in runs)
+        lines.append(f"- date: {started} to {finished}")
+        for key in ("machine", "commit", "torch"):
+            values = sorted({str(r.get(key)) for r in runs})
+            lines.append(f"- {key}: {', '.join(values)}")
+    lines.append(f"- jobs: {len(jobs)} (`{sweep_dir}`), {len(runs)} with a run.json")
+    return lines
+
+
+def _ood_sets(metrics: dict[str, Any]) -> list[str]:
+    return sorted({k.split(".")[1] for k in metrics if k.startswith("ood.") and ".scores." in k})
+
+
+def _detectors(metrics: dict[str, Any], ood_set: str) -> list[str]:
+    prefix = f"ood.{ood_set}.scores."
+    return sorted({k[len(prefix) :].split(".")[0] for k in metrics if k.startswith(prefix)})
+
+
+def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...]) -> list[str]:
+    """The closed-set accuracy, minutes per job and every detector's AUROC and OSCR."""
+
+    def replicate(job: Job) -> str:
+        pairs = [o for o in job["overrides"] if o.split("=", 1)[0] in replicates]
+        return " ".join(pairs) or "-"
+
+    metrics = [job["metrics"] for job in jobs]
+    minutes = [job["run"]["seconds"] / 60 for job in jobs if job["run"]]
+    per_job = ", ".join(replicate(job) for job in jobs)
+    lines = [f"### {name}", "", f"{len(jobs)} runs ({per_job}); mean ± std (sample std).", ""]
+    lines += ["| | mean ± std | per run |", "|---|---|---|"]
+    accuracy = [m["closed_set.accuracy"] for m in metrics]
+    lines.append(
+        f"| closed-set accuracy (%) | {_mean_std(accuracy)} | "
+        + ", ".join(f"{100 * a:.2f}" for a in accuracy)
+        + " |"
+    )
+    if minutes:
+        lines.append(
+            f"| minutes per run | {_mean_std(minutes, 1.0, 1)} | "
+            + ", ".join(f"{m:.1f}" for m in minutes)
+            + " |"
+        )
+
+    def figures(ood_set: str, detector: str, key: str) -> list[float]:
+        full = f"ood.{ood_set}.scores.{detector}.{key}"
+        return [m[full] for m in metrics if full in m]
+
+    for ood_set in _ood_sets(metrics[0]):
+        detectors = _detectors(metrics[0], ood_set)
+        values = partial(figures, ood_set)
+        detectors.sort(key=lambda d: -statistics.fmean(values(d, "auroc")))
+        best = detectors[0]
+        lines.append(
+            f"| {best} AUROC on {ood_set} (%) | {_mean_std(values(best, 'auroc'))} | "
+            + ", ".join(f"{100 * v:.2f}" for v in values(best, "auroc"))
+            + " |"
+        )
+        lines += ["", f"**{ood_set}**: detectors by mean AUROC", ""]
+        lines += ["| detector | AUROC (%) | OSCR (%) | FPR95 (%) |", "|---|---|---|---|"]
+        for d in detectors:
+            lines.append(
+                f"| `{d}` | {_mean_std(values(d, 'auroc'))} | {_mean_std(values(d, 'oscr'))} "
+                f"| {_mean_std(values(d, 'fpr95'))} |"
+            )
+    return [*lines, ""]
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every finished job below ``sweep_dir``: its overrides, metrics.json and run.json."""
+    jobs = []
+    for metrics_file in sorted(sweep_dir.rglob("metrics.json")):
+        run_dir = metrics_file.parent
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        record = run_dir / RUN_RECORD
+        jobs.append(
+            {
+                "overrides": overrides or [],
+                "metrics": json.loads(metrics_file.read_text()),
+                "run": json.loads(record.read_text()) if record.is_file() else {},
+            }
+        )
+    return jobs
