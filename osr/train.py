@@ -37,7 +37,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         input_shape=datamodule.input_shape,
         detectors=plain(cfg.get("detectors")),
     )
-    if model.test_flip and not datamodule.flippable:
+    if model.test_views.flip and not datamodule.flippable:
         raise OSRError(
             f"model.test_flip=true for {datamodule.name}: a mirrored {datamodule.name} image "
             "is not an image of its class, so it is never flipped. Set model.test_flip=false."

@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -13,6 +14,7 @@ from hydra.utils import instantiate
 from osr.data import BatchTransform, CIFAR10DataModule, MNISTDataModule
 from osr.data.augment import NaturalImageAugment
 from osr.data.image_folder import cached_image_folder
+from osr.modules import Classifier
 from osr.scoring.test_sets import ood_datamodules
 from osr.train import train
 from osr.utils.errors import OSRError
@@ -182,3 +184,32 @@ def test_cifar10_model_runs_every_detector_at_3x32x32(train_cfg, tmp_path, model
         x = torch.randn(2, 3, 32, 32)
         assert module.reconstruct(x).shape == x.shape
     assert os.environ["OSR_CACHE_DIR"] in str(cfg.data.cache_dir)
+
+
+def test_test_time_flips_and_shifts_average_the_features_of_the_views():
+    """The features detectors read: the mean over the image, its copies moved two pixels
+    down-right and up-left (borders reflected, numpy's pad), and the mirror images of the
+    three; the logits follow them."""
+    torch.manual_seed(0)
+    make = lambda **views: Classifier(  # noqa: E731
+        {"_target_": "osr.models.FastNet", "widths": [8, 16, 16]},
+        {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        ["a", "b", "c"],
+        input_shape=(3, 32, 32),
+        **views,
+    ).eval()
+    plain, viewing = make(), make(test_flip=True, test_shift=2)
+    viewing.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    moved = [x, torch.from_numpy(padded[..., :32, :32]), torch.from_numpy(padded[..., 4:, 4:])]
+    net = plain.classifier_net
+    with torch.no_grad():
+        views = [net.features(v) for v in moved] + [net.features(v.flip(-1)) for v in moved]
+        expected = torch.stack(views).mean(dim=0)
+        outputs = viewing.model_outputs(x)
+        assert torch.allclose(outputs.features, expected, atol=1e-5)
+        assert torch.allclose(outputs.logits, net.head(expected), atol=1e-5)
+        assert not torch.allclose(views[1], views[0], rtol=0.05, atol=0)  # the views differ
+        assert torch.equal(plain.model_outputs(x).features, views[0])  # off by default
+    assert torch.equal(moved[1][..., 2:, 2:], x[..., :30, :30])  # down-right by two pixels

@@ -161,7 +161,7 @@ def test_test_rotations_travel_in_the_checkpoint_to_evaluate(train_cfg, evaluate
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     module = module_from_checkpoint(read_checkpoint(best))
-    assert module._test_rotations.tolist() == [10.0, -10.0]
+    assert module.test_views.rotations.tolist() == [10.0, -10.0]
     again = evaluate_checkpoint(evaluate_cfg(best))
     for key, value in saved.items():
         assert again[key] == (value if isinstance(value, list) else pytest.approx(value)), key

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
+from osr.modules.views import TestViews
 from osr.utils.config import plain
 
 
@@ -37,6 +38,7 @@ class Classifier(OpenSetModule):
         objective: dict | None = None,
         test_rotations: Sequence[float] = (),
         test_flip: bool = False,
+        test_shift: int = 0,
         input_shape: Sequence[int] = (1, 28, 28),
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -44,7 +46,12 @@ class Classifier(OpenSetModule):
         detectors, objective = plain(detectors), plain(objective)
         test_rotations, input_shape = list(plain(test_rotations)), tuple(plain(input_shape))
         super().__init__(
-            optimizer, class_names, voting_scores, scheduler, detectors, test_rotations, test_flip
+            optimizer,
+            class_names,
+            voting_scores,
+            scheduler,
+            detectors,
+            TestViews(test_rotations, test_flip, test_shift),
         )
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names), input_shape=input_shape)

@@ -2,7 +2,7 @@
 open-set decision."""
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -24,7 +24,7 @@ from osr.detectors import (
 from osr.detectors.builtin import BUILTIN
 from osr.modules.epoch_sums import EpochSums
 from osr.modules.training_figures import TrainingFigures
-from osr.modules.views import test_time_views
+from osr.modules.views import TestViews
 from osr.objectives import Objective, build_objective
 from osr.utils.config import plain
 from osr.utils.errors import NotCalibratedError, OSRError
@@ -65,8 +65,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         voting_scores: list[str],
         scheduler: dict | None = None,
         detectors: Mapping[str, Any] | None = None,
-        test_rotations: Sequence[float] = (),
-        test_flip: bool = False,
+        test_views: TestViews | None = None,
     ) -> None:
         super().__init__()
         if detectors is None:
@@ -83,12 +82,8 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         self.test_acc = accuracy()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run remembers it
-        # the rotated (degrees) and mirrored copies whose features join each image's
-        # (``view_features``)
-        self.register_buffer(
-            "_test_rotations", torch.tensor([float(d) for d in test_rotations]), persistent=False
-        )
-        self.test_flip = test_flip
+        # the copies whose features join each image's (``view_features``)
+        self.test_views = test_views if test_views is not None else TestViews()
 
     def _finish_init(
         self,
@@ -188,16 +183,17 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
     def view_features(self, x: Tensor) -> Tensor:
         """Penultimate features of each image for the detectors and the open-set decision.
 
-        With ``test_rotations`` or ``test_flip`` (test-time augmentation), the mean of the
-        features of the image and of its rotated and mirrored copies, from one pass over all
-        the views: what the network says of an image then depends less on its exact pose.
+        With ``test_views`` (test-time augmentation: ``model.test_rotations``, ``test_shift``,
+        ``test_flip``), the mean of the features of the image and of its rotated, shifted and
+        mirrored copies, from one pass over all the views: what the network says of an image
+        then depends less on its exact pose.
         Training never sees this; fitting, calibration and evaluation all do, so they stay
         consistent.
         """
         net = self.classifier_net
-        if not len(self._test_rotations) and not self.test_flip:
+        if not self.test_views.active:
             return net.features(x)
-        features = net.features(test_time_views(x, self._test_rotations, self.test_flip))
+        features = net.features(self.test_views(x))
         return features.unflatten(0, (-1, len(x))).mean(dim=0)
 
     def _classifier_outputs(self, x: Tensor, **more: Any) -> ModelOutputs:
