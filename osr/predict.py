@@ -90,7 +90,7 @@ def load_images(
     return kept, stacked.to(torch.uint8), skipped
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: input-gradient detectors (ODIN) turn gradients on
 def predict(cfg: DictConfig) -> Path:
     ckpt = read_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(ckpt).eval().to(resolve_device(cfg.device))

@@ -1,6 +1,7 @@
 """Natural images: CIFAR-10 as the known set at 3x32x32 RGB, OOD sets brought to its shape,
 the decoded-folder cache, per-image augmentation on the device, and digits never flipped."""
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from osr.modules import Classifier
 from osr.scoring.test_sets import ood_datamodules
 from osr.train import train
 from osr.utils.errors import OSRError
-from tests.conftest import TINY_CIFAR, TINY_TRAINING, write_image_folder
+from tests.conftest import TINY_CIFAR, TINY_TRAINING, run_module, write_image_folder
 
 CIFAR_STATS = {
     "mean": [0.49139968, 0.48215841, 0.44653091],
@@ -157,7 +158,9 @@ def test_flips_never_reach_digits(train_cfg, tiny_data):
 @pytest.mark.parametrize(
     ("model", "expected"), [("baseline", 16), ("mlae", 18)], ids=["baseline", "mlae"]
 )
-def test_cifar10_model_runs_every_detector_at_3x32x32(train_cfg, tmp_path, model, expected):
+def test_cifar10_model_runs_every_detector_at_3x32x32(
+    train_cfg, tiny_data, tmp_path, model, expected
+):
     cfg = train_cfg(
         "experiment=cifar10",
         f"model={model}",
@@ -184,6 +187,23 @@ def test_cifar10_model_runs_every_detector_at_3x32x32(train_cfg, tmp_path, model
         x = torch.randn(2, 3, 32, 32)
         assert module.reconstruct(x).shape == x.shape
     assert os.environ["OSR_CACHE_DIR"] in str(cfg.data.cache_dir)
+
+    # osr.predict reads image files at the checkpoint's shape and decides as the module does
+    folder = tiny_data / "CIFAR10" / "test" / "cat"
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    out = tmp_path / "predicted"
+    done = run_module(
+        "osr.predict", f"ckpt_path={best}", f"inputs={folder}", f"hydra.run.dir={out}", "device=cpu"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    files = sorted(folder.glob("*.jpg"))
+    assert [Path(r["path"]).name for r in rows] == [f.name for f in files]
+    images = torch.stack([torchvision.io.decode_image(str(f)) for f in files])
+    transform = objects["datamodule"].transform
+    with torch.no_grad():
+        expected = module.eval().predict_open(transform(images))
+    assert [int(r["label"]) for r in rows] == expected.tolist()
 
 
 def test_test_time_flips_and_shifts_average_the_features_of_the_views():
