@@ -16,7 +16,7 @@ from osr.callbacks import StoreRunConfig, ThresholdCalibration
 from osr.callbacks.history import EpochHistory
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
-from osr.reporting.run_record import write_run_record
+from osr.reporting.run_record import commit, write_run_record
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
 from osr.utils.config import exits_on_user_error, instantiate_group, plain, to_plain
@@ -29,6 +29,7 @@ log = logging.getLogger("osr.train")
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, load the best weights, test. Returns the logged metrics and the objects made."""
     started = time.time()
+    commit()  # the code this process runs, recorded in run.json at the end
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(

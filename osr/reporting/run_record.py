@@ -1,6 +1,7 @@
 """``run.json``: when, where and from which code a run was made, so that a results table
 generated from a sweep (``osr.summarize --markdown``) can say so."""
 
+import functools
 import os
 import platform
 import subprocess
@@ -41,9 +42,12 @@ def machine() -> str:
     return words
 
 
+@functools.cache
 def commit() -> str:
     """The repository's commit, ``+dirty`` when tracked files differ from it; ``unknown``
-    outside a git checkout."""
+    outside a git checkout. Asked once per process (``osr.train`` asks when a run starts):
+    a multirun's jobs all run the code imported at its start, whatever the checkout holds
+    by the time a later job ends."""
 
     def git(*args: str) -> str:
         done = subprocess.run(
