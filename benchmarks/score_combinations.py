@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.common import MIRROR, RESULTS
-from osr.reporting.metrics import SetOutputs
+from osr.scoring.metrics import SetOutputs
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import (
     datamodule_from_checkpoint,

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from osr.reporting.metrics import SetOutputs, open_set_metrics, oscr, separation
+from osr.scoring.metrics import SetOutputs, open_set_metrics, oscr, separation
 
 
 def test_separation_hand_computed_case():

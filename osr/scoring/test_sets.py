@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from osr.data.datamodules import ImageDataModule
 from osr.modules.open_set import OpenSetModule
-from osr.reporting.metrics import SetOutputs, open_set_metrics
+from osr.scoring.metrics import SetOutputs, open_set_metrics
 from osr.scoring.outputs import collect_scores
 from osr.utils.errors import OSRError
 
