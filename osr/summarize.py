@@ -113,7 +113,8 @@ def markdown(sweep_dir: Path, replicates: tuple[str, ...]) -> str:
         lines.append("- shared overrides: " + " ".join(f"`{o}`" for o in shared))
     lines.append("")
     for name, members in groups.items():
-        lines += configuration_section(name, members, replicates)
+        title = sweep_dir.name if len(groups) == 1 else name  # one configuration: the sweep's
+        lines += configuration_section(title, members, replicates)
     return "\n".join(lines)
 
 
