@@ -39,7 +39,7 @@ def contract_keys(sets: list[str], scores: tuple[str, ...]) -> list[str]:
         keys += [
             f"ood.{name}.scores.{s}.{m}"
             for s in scores
-            for m in ("auroc", "aupr_in", "aupr_out", "fpr95")
+            for m in ("auroc", "oscr", "aupr_in", "aupr_out", "fpr95")
         ]
     return keys
 
@@ -160,6 +160,15 @@ def recompute_metrics(
             metrics[f"{prefix}.aupr_in"] = average_precision_score(1 - is_ood, -values)
             metrics[f"{prefix}.aupr_out"] = average_precision_score(is_ood, values)
             metrics[f"{prefix}.fpr95"] = fpr[np.searchsorted(tpr, 0.95)]
+            # OSCR = closed-set accuracy x AUROC(correctly classified known vs OOD), ties too
+            correct = saved[f"{known}.logits"].argmax(1) == known_labels
+            correct_values = np.concatenate(
+                [saved[f"{known}.scores.{score}"][correct], saved[f"{name}.scores.{score}"]]
+            )
+            correct_is_ood = np.repeat([0, 1], [correct.sum(), len(saved[f"{name}.labels"])])
+            metrics[f"{prefix}.oscr"] = correct.mean() * roc_auc_score(
+                correct_is_ood, correct_values
+            )
     return metrics
 
 
@@ -246,13 +255,14 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
 
     (table_path,) = history["eval/separation/path"]
     table = json.loads((offline / "files" / table_path).read_text())
-    assert table["columns"] == ["set", "score", "auroc", "aupr_in", "aupr_out", "fpr95"]
+    columns = ["auroc", "oscr", "aupr_in", "aupr_out", "fpr95"]
+    assert table["columns"] == ["set", "score", *columns]
     detectors = {score for _, score, *_ in table["data"]}
     assert len(detectors) == 9  # detectors=default on the baseline
     assert len(table["data"]) == 2 * len(detectors)  # two OOD sets
     for name, score, *values in table["data"]:
         prefix = f"ood.{name}.scores.{score}"
-        expected = [metrics[f"{prefix}.{k}"] for k in ("auroc", "aupr_in", "aupr_out", "fpr95")]
+        expected = [metrics[f"{prefix}.{k}"] for k in columns]
         assert values == pytest.approx(expected), prefix
     for plot in ("confusion_matrix", "scores_msp", "training_curves"):
         (files,) = history[f"plots/{plot}/filenames"]
