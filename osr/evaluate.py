@@ -5,10 +5,12 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
+from osr.scoring.conformal import curve_rule
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import (
     datamodule_from_checkpoint,
@@ -38,9 +40,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
             "checkpoints/calibrated.ckpt it writes."
         )
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
-    evaluation = evaluate(module, datamodule, cfg.ood, resolve_device(cfg.device))
-    history = ckpt.get("callbacks", {}).get("EpochHistory", {}).get("epochs", [])
     run_cfg = DictConfig(ckpt["osr_config"])
+    rule = curve_rule(instantiate(run_cfg.get("calibration")))
+    evaluation = evaluate(module, datamodule, cfg.ood, resolve_device(cfg.device), rule)
+    history = ckpt.get("callbacks", {}).get("EpochHistory", {}).get("epochs", [])
     run_cfg.ood = cfg.ood
     write_results(
         cfg.paths.output_dir,

@@ -17,6 +17,7 @@ from osr.callbacks.history import EpochHistory
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
 from osr.reporting.run_record import commit, write_run_record
+from osr.scoring.conformal import curve_rule
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
 from osr.utils.config import exits_on_user_error, instantiate_group, plain, to_plain
@@ -63,7 +64,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.get("evaluate"):
-        evaluation = evaluate(model, datamodule, cfg.ood, trainer.strategy.root_device)
+        evaluation = evaluate(
+            model,
+            datamodule,
+            cfg.ood,
+            trainer.strategy.root_device,
+            curve_rule(instantiate(cfg.calibration)),
+        )
         metrics.update({k: v for k, v in evaluation.metrics.items() if isinstance(v, float)})
         if trainer.is_global_zero:
             history = next((c.epochs for c in callbacks if isinstance(c, EpochHistory)), [])

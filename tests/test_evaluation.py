@@ -68,7 +68,8 @@ def test_run_directory_holds_contract_metrics_report_and_plots(train_cfg, tmp_pa
     assert cm[:10].sum() == 120 and cm[10].sum() == 180
     report = (run / "report.md").read_text()
     assert "closed_set.accuracy" in report and "| `recon_l2` | fashion_mnist |" in report
-    ranked = [line.split("`")[1] for line in report.splitlines() if "| cifar10 |" in line]
+    rows = [line for line in report.splitlines() if line.startswith("| `")]
+    ranked = [line.split("`")[1] for line in rows if "| cifar10 |" in line]
     mean_auroc = {
         s: np.mean([metrics[f"ood.{o}.scores.{s}.auroc"] for o in ("fashion_mnist", "cifar10")])
         for s in SCORES

@@ -126,3 +126,29 @@ def tsne(points: np.ndarray, predictions: np.ndarray, class_names: list[str], pa
     ax.set_yticks([])
     ax.set_title("t-SNE of latent vectors, coloured by predicted class")
     return _save(fig, path)
+
+
+def operating_curve(curve: dict, known_set: str, path: Path) -> Path:
+    """OOD rejection of each set against the known test split's rejection, one point per
+    alpha of the conformal rule; the dotted diagonal marks a known rejection equal to alpha."""
+    rows = curve["rows"]
+    known = np.array([100 * r["rejected"][known_set] for r in rows])
+    alphas = np.array([100 * r["alpha"] for r in rows])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in rows[0]["rejected"] if rows else []:
+        if name != known_set:
+            left.plot(known, [100 * r["rejected"][name] for r in rows], "o-", label=name)
+    left.set_xscale("log")
+    left.set_xlabel(f"{known_set} test images rejected (%)")
+    left.set_ylabel("OOD images rejected (%)")
+    left.set_title(f"union of {', '.join(curve['voting_scores'])}")
+    left.legend()
+    right.plot(alphas, known, "o-", label=f"{known_set} test")
+    right.plot(alphas, alphas, ":", color="gray", label="alpha")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("alpha, the budget (%)")
+    right.set_ylabel("known images rejected (%)")
+    right.set_title("the budget kept")
+    right.legend()
+    return _save(fig, path)

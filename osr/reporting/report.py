@@ -65,6 +65,10 @@ def make_plots(
             score,
             out_dir / f"scores_{score}.png",
         )
+    if evaluation.operating_curve["rows"]:
+        made["operating_curve"] = plots.operating_curve(
+            evaluation.operating_curve, evaluation.known_set, out_dir / "operating_curve.png"
+        )
     if history:
         made["training_curves"] = plots.training_curves(history, out_dir / "training_curves.png")
 
@@ -162,6 +166,7 @@ def render_report(
     ]
     for row in separation_rows(metrics, evaluation):
         lines.append("| " + " | ".join([f"`{row[1]}`", row[0], *(pct(v) for v in row[2:])]) + " |")
+    lines += operating_curve_section(evaluation)
     lines += ["", "## Plots", ""]
     for name, path in plot_paths.items():
         lines += [
@@ -171,6 +176,30 @@ def render_report(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def operating_curve_section(evaluation: Evaluation) -> list[str]:
+    curve = evaluation.operating_curve
+    if not curve["rows"]:
+        return []
+    names = list(curve["rows"][0]["rejected"])
+    voting = ", ".join(f"`{name}`" for name in curve["voting_scores"])
+    lines = [
+        "",
+        "## Operating curve of the conformal rule",
+        "",
+        f"Images rejected as UNKNOWN by the union of {voting} with thresholds set by "
+        f"`calibration=conformal` at each alpha on the {curve['validation_count']} validation "
+        "images (`operating_curve.json`); a known test image is rejected with probability at "
+        "most alpha when the validation and test images come from one distribution.",
+        "",
+        "| alpha | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for row in curve["rows"]:
+        cells = [f"{100 * row['rejected'][name]:.2f}%" for name in names]
+        lines.append(f"| {100 * row['alpha']:.1f}% | " + " | ".join(cells) + " |")
+    return lines
 
 
 def publish(
@@ -224,6 +253,7 @@ def write_results(
     )
     metrics = evaluation.metrics
     write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "operating_curve.json", evaluation.operating_curve)
     write_scores(run_dir / "scores.npz", evaluation)
     write_text(run_dir / "report.md", render_report(metrics, evaluation, info, plot_paths, run_dir))
     publish(loggers, metrics, separation_rows(metrics, evaluation), plot_paths)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from osr.data.datamodules import ImageDataModule
 from osr.modules.open_set import OpenSetModule
+from osr.scoring.conformal import Conformal, operating_curve
 from osr.scoring.metrics import SetOutputs, open_set_metrics
 from osr.scoring.outputs import collect_scores
 from osr.utils.errors import OSRError
@@ -24,6 +25,7 @@ class Evaluation:
     outputs: dict[str, SetOutputs]
     known_set: str
     sets: dict[str, tuple[ImageDataModule, DataLoader]]
+    operating_curve: dict[str, Any]
 
 
 def ood_datamodules(
@@ -98,13 +100,22 @@ def evaluate(
     known: ImageDataModule,
     ood_cfg: Mapping[str, Any],
     device: torch.device | None = None,
+    curve_rule: Conformal | None = None,
 ) -> Evaluation:
     """Scores, decisions and the ``metrics.json`` figures for the known test split and
-    every OOD set (gathered across DDP ranks)."""
+    every OOD set (gathered across DDP ranks), and the voting detectors' operating curve
+    under the conformal rule (``curve_rule``, default ``Conformal()``) calibrated on the
+    validation split."""
     if device is not None:
         module.to(device)
     oods = ood_datamodules(ood_cfg, known)
     loaders = evaluation_loaders(known, oods)
     outputs = run_sets(module, loaders)
     metrics = open_set_metrics(outputs, known.name, module.num_classes, module.threshold_dict())
-    return Evaluation(metrics, outputs, known.name, loaders)
+    validation, _, _ = collect_scores(module, known, known.val_dataloader())
+    curve = operating_curve(
+        curve_rule or Conformal(),
+        {name: validation[name].cpu() for name in module.hparams.voting_scores},
+        {name: out.scores for name, out in outputs.items()},
+    )
+    return Evaluation(metrics, outputs, known.name, loaders, curve)

@@ -1,11 +1,15 @@
 """Threshold rules and calibration: detectors fitted on the known training split, then one
 threshold per detector fitted on the validation split.
 
-Threshold rules are plain objects (``fit(scores) -> threshold``); ``calibrate`` is what the
-``ThresholdCalibration`` callback (``osr.callbacks``) runs after fit.
+Threshold rules are plain objects: ``fit(scores) -> threshold`` for one detector alone, and
+``fit_union_record(scores by name)`` for the voting detectors together (the per-detector fits
+for mean + k * std and quantiles; one calibration of the union for the conformal rule,
+``osr.scoring.conformal``). ``calibrate`` is what the ``ThresholdCalibration`` callback
+(``osr.callbacks``) runs after fit.
 """
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -25,9 +29,26 @@ class ThresholdRule(Protocol):
 
     def fit(self, scores: Tensor) -> float: ...
 
+    def fit_union_record(
+        self, scores: Mapping[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Any]]: ...
+
+
+class PerScoreRule:
+    """A rule whose voting detectors are each fitted alone: the union of their votes rejects
+    more known images than any one of them, by an amount the rule does not control."""
+
+    def fit(self, scores: Tensor) -> float:
+        raise NotImplementedError
+
+    def fit_union_record(
+        self, scores: Mapping[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        return {name: self.fit(values) for name, values in scores.items()}, {}
+
 
 @dataclass
-class MeanStd:
+class MeanStd(PerScoreRule):
     """mean + k * std of the known images' scores (population std, numpy's default)."""
 
     k: float = 3.0
@@ -39,7 +60,7 @@ class MeanStd:
 
 
 @dataclass
-class Quantile:
+class Quantile(PerScoreRule):
     """The q-quantile of the known images' scores: a fraction q of them is kept as known."""
 
     q: float = 0.95
@@ -81,7 +102,8 @@ def cross_fitted_decisions(
     halves = (slice(0, n // 2), slice(n // 2, n))
     decisions = torch.empty(n, dtype=torch.long, device=logits.device)
     for fit_on, judged in (halves, halves[::-1]):
-        thresholds = {name: rule.fit(scores[name][fit_on]) for name in module.hparams.voting_scores}
+        voting = {name: scores[name][fit_on] for name in module.hparams.voting_scores}
+        thresholds, _ = rule.fit_union_record(voting)
         part = {name: values[judged] for name, values in scores.items()}
         decisions[judged] = module.decide(logits[judged], part, thresholds)
     return decisions
@@ -101,10 +123,19 @@ def calibrate(
     newly_fitted = fit_detectors(module, datamodule)
     scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
     fitted = fit_thresholds(scores, rule)
+    union, union_record = rule.fit_union_record(
+        {name: scores[name] for name in module.hparams.voting_scores}
+    )
+    for name, threshold in union.items():
+        if threshold != fitted[name]["threshold"]:
+            fitted[name]["threshold_alone"] = fitted[name]["threshold"]
+            fitted[name]["threshold"] = threshold
     module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
     decisions = cross_fitted_decisions(module, rule, logits, scores)
+    record: dict[str, Any] = {"union_of_votes": union_record} if union_record else {}
     return {
         "rule": asdict(rule),
+        **record,
         "detectors_fitted": {"split": f"{datamodule.name} train", "names": newly_fitted},
         "voting_scores": list(module.hparams.voting_scores),
         "split": f"{datamodule.name} val",

@@ -1,0 +1,184 @@
+"""The conformal rule's guarantee, checked on synthetic exchangeable scores: over many draws
+of calibration and test images, the share of known images rejected stays at most alpha, for
+one voting detector and for the union of several, and spreads as the conformal (Beta) law
+says."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from osr.scoring.conformal import Conformal, conformal_rank, smooth_rank, smooth_rank_threshold
+from osr.train import train
+from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.utils.errors import OSRError
+from tests.conftest import TINY_TRAINING
+from tests.test_calibration import run_calibrate
+
+ALPHA = 0.02
+N_CAL, N_TEST, DRAWS = 1000, 2000, 300
+
+
+def correlated_scores(m: int, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """m detectors' float32 scores of n known images: correlated (a shared component), of
+    different scales and shapes (Gaussian, exponential, log-normal)."""
+    shared = torch.randn(n, generator=g)
+    scores = {}
+    for d in range(m):
+        z = 0.6 * shared + 0.8 * torch.randn(n, generator=g)
+        shape = (z, torch.exp(z), -torch.log1p(-torch.special.ndtr(z)))[d % 3]
+        scores[f"s{d}"] = (shape * (d + 1) + 10 * d).float()
+    return scores
+
+
+def rejection_rates(m: int, alpha: float, seed: int = 0) -> np.ndarray:
+    """Known test rejection of the union rule over DRAWS fresh calibration and test sets."""
+    g = torch.Generator().manual_seed(seed)
+    rule = Conformal(alpha=alpha, seed=seed)
+    rates = []
+    for _ in range(DRAWS):
+        scores = correlated_scores(m, N_CAL + N_TEST, g)
+        cal = {name: s[:N_CAL] for name, s in scores.items()}
+        thresholds, _ = rule.fit_union_record(cal)
+        rejected = torch.zeros(N_TEST, dtype=torch.bool)
+        for name, s in scores.items():  # OpenSetModule.decide's rule
+            rejected |= s[N_CAL:] > torch.tensor(thresholds[name], dtype=torch.float32)
+        rates.append(rejected.double().mean().item())
+    return np.array(rates)
+
+
+def threshold_part(m: int) -> int:
+    return N_CAL if m == 1 else N_CAL - round(0.5 * N_CAL)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_union_rejects_at_most_alpha_and_spreads_as_the_beta_law(m):
+    rates = rejection_rates(m, ALPHA)
+    n = threshold_part(m)
+    k = conformal_rank(n, ALPHA)
+    # given the calibration draw, a fresh image is rejected with probability
+    # Beta(n + 1 - k, k); the test set adds binomial noise around it
+    a, b = n + 1 - k, k
+    beta_mean = a / (a + b)
+    beta_var = a * b / ((a + b) ** 2 * (a + b + 1))
+    expected_var = beta_var + (beta_mean * (1 - beta_mean) - beta_var) / N_TEST
+    standard_error = math.sqrt(expected_var / DRAWS)
+    assert beta_mean <= ALPHA
+    assert rates.mean() <= ALPHA + 3 * standard_error
+    assert rates.mean() == pytest.approx(beta_mean, abs=3 * standard_error)
+    # the sample variance of DRAWS rates: its relative standard error is about sqrt(2 / DRAWS)
+    assert rates.var(ddof=1) == pytest.approx(expected_var, rel=4 * math.sqrt(2 / DRAWS))
+
+
+def test_the_rank_is_exactly_the_conformal_one():
+    assert conformal_rank(99, 0.01) == 99  # ceil(100 * 0.99)
+    assert conformal_rank(999, 0.01) == 990
+    assert conformal_rank(1000, 0.02) == 981  # ceil(1001 * 0.98) = ceil(980.98)
+    assert conformal_rank(19, 0.05) == 19
+    with pytest.raises(OSRError, match="calibration.alpha=0.01 needs at least 99"):
+        conformal_rank(98, 0.01)
+    # one detector: the k-th smallest of the validation scores
+    scores = torch.randperm(200).float()
+    thresholds, _ = Conformal(alpha=0.1).fit_union_record({"s": scores})
+    assert thresholds == {"s": float(conformal_rank(200, 0.1) - 1)}
+
+
+def test_smooth_rank_is_increasing_and_its_threshold_its_inverse():
+    g = torch.Generator().manual_seed(0)
+    ranked = torch.randn(50, generator=g, dtype=torch.float64).sort().values
+    assert torch.equal(smooth_rank(ranked, ranked), torch.arange(50, dtype=torch.float64))
+    grid = torch.linspace(-4, 6, 2001, dtype=torch.float64)
+    ranks = smooth_rank(ranked, grid)
+    assert (ranks.diff() >= 0).all() and (ranks[grid > ranked[0]].diff() > 0).all()
+    for bound in (0.0, 3.0, 17.25, 48.9, 49.0, 52.5):
+        t = smooth_rank_threshold(ranked, bound)
+        assert torch.equal(ranks > bound, grid > t), bound
+
+
+def test_thresholds_json_says_how_the_validation_split_was_divided():
+    g = torch.Generator().manual_seed(1)
+    scores = correlated_scores(3, 1001, g)
+    thresholds, record = Conformal(alpha=0.05, rank_fraction=0.4, seed=3).fit_union_record(scores)
+    assert set(thresholds) == set(scores)
+    assert record["rank_part"] == 400 and record["threshold_part"] == 601
+    assert record["rank"] == conformal_rank(601, 0.05)
+    assert "seed 3" in record["split"] and record["alpha"] == 0.05
+
+
+def union_decisions_by_numpy(val: dict, judged: dict, alpha: float, seed: int) -> np.ndarray:
+    """The union rule from its definition, with numpy's interpolation for the ranks: True
+    where an image of ``judged`` is rejected."""
+    n = len(next(iter(val.values())))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    ranks_from, threshold_from = order[: round(0.5 * n)], order[round(0.5 * n) :]
+
+    def largest_rank(scores: dict) -> np.ndarray:
+        ranks = []
+        for name, values in scores.items():
+            ranked = np.sort(val[name][ranks_from].astype(np.float64))
+            span = max(ranked[-1] - ranked[0], 1e-12)
+            xp = np.append(ranked, ranked[-1] + 1e6 * span)  # linear beyond the largest
+            fp = np.append(np.arange(len(ranked)), len(ranked) - 1 + 1e6)
+            ranks.append(np.interp(values.astype(np.float64), xp, fp))
+        return np.max(ranks, axis=0)
+
+    calibration = np.sort(largest_rank({k: v[threshold_from] for k, v in val.items()}))
+    bound = calibration[conformal_rank(len(threshold_from), alpha) - 1]
+    return largest_rank(judged) > bound
+
+
+@pytest.mark.slow
+def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
+    train_cfg, tmp_path, tiny_data
+):
+    _, objects = train(
+        train_cfg(*TINY_TRAINING, "model=mlae", "calibration=conformal", "calibration.alpha=0.1")
+    )
+    module, datamodule = objects["model"], objects["datamodule"]
+    run = tmp_path / "run"
+    record = json.loads((run / "thresholds.json").read_text())
+    assert record["rule"] == {"alpha": 0.1, "rank_fraction": 0.5, "seed": 0, "name": "conformal"}
+    union = record["union_of_votes"]
+    assert (union["rank_part"], union["threshold_part"], union["rank"]) == (50, 50, 46)
+    assert "exchangeable" in union["guarantee"]
+    for name in ("msp", "energy"):  # not voting: each alone at alpha over all 100 images
+        assert "threshold_alone" not in record["scores"][name]
+
+    batches = list(datamodule.iterate(datamodule.val_dataloader(), module.device))
+    x = torch.cat([b[0] for b in batches]).cpu()
+    module.eval()
+    with torch.no_grad():
+        logits, scores = module.logits_and_scores(x)
+    val = {name: scores[name].numpy() for name in ("recon_l2", "binary_diff")}
+    expected = union_decisions_by_numpy(val, val, 0.1, seed=0)
+    decided = module.decide(logits, scores) == module.unknown_label
+    assert np.array_equal(decided.numpy(), expected)
+    saved = np.load(run / "scores.npz")
+    test = {name: saved[f"mnist.scores.{name}"] for name in val}
+    test_rejected = saved["mnist.predictions"] == module.unknown_label
+    assert np.array_equal(test_rejected, union_decisions_by_numpy(val, test, 0.1, seed=0))
+
+    curve = json.loads((run / "operating_curve.json").read_text())
+    assert curve["voting_scores"] == ["recon_l2", "binary_diff"]
+    assert [row["alpha"] for row in curve["rows"]] == [0.02, 0.05, 0.1]  # 50 images: >= 1/51
+    metrics = json.loads((run / "metrics.json").read_text())
+    at_alpha = curve["rows"][2]["rejected"]
+    assert at_alpha["mnist"] == pytest.approx(metrics["known_rejection_rate"])
+    assert at_alpha["fashion_mnist"] == pytest.approx(metrics["ood.fashion_mnist.rejection_rate"])
+    assert "## Operating curve of the conformal rule" in (run / "report.md").read_text()
+    assert (run / "plots" / "operating_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    best = run / "checkpoints" / "best.ckpt"
+    moved = run_calibrate(
+        best, tmp_path / "cal", tiny_data, "calibration=conformal", "calibration.alpha=0.05"
+    )
+    assert moved["rule"]["alpha"] == 0.05 and moved["union_of_votes"]["rank"] == 49
+    calibrated = read_checkpoint(tmp_path / "cal/checkpoints/calibrated.ckpt")
+    assert calibrated["osr_config"]["calibration"]["alpha"] == 0.05
+    thresholds = module_from_checkpoint(calibrated).threshold_dict()
+    assert np.array_equal(
+        (module.decide(logits, scores, thresholds) == module.unknown_label).numpy(),
+        union_decisions_by_numpy(val, val, 0.05, seed=0),
+    )
