@@ -288,11 +288,13 @@ def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs: dict[str, list[dict]] = {"calibration.k=2.0": [], "calibration.k=3.0": []}
+    curves: dict[str, list[dict]] = {"calibration.k=2.0": [], "calibration.k=3.0": []}
     for job in sorted(sweep.glob("[0-9]")):
         k = next(
             o for o in yaml.safe_load((job / ".hydra/overrides.yaml").read_text()) if "k=" in o
         )
         jobs[k].append(json.loads((job / "metrics.json").read_text()))
+        curves[k].append(json.loads((job / "operating_curve.json").read_text()))
     md, csv_path = summarize(sweep)
     rows = {
         (r[0], r[2]): r for r in (line.split(",") for line in csv_path.read_text().splitlines()[1:])
@@ -322,3 +324,9 @@ def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
                 expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
                 row = next(line for line in block.splitlines() if line.startswith(f"| `{score}`"))
                 assert expected in row, (config, score, key)
+        # the conformal operating points: 100 validation images, so alpha from 1% up
+        assert [row["alpha"] for row in curves[config][0]["rows"]] == [0.01, 0.02, 0.05, 0.1]
+        row = next(line for line in block.splitlines() if line.startswith("| 10.0% |"))
+        for name in ("mnist", "cifar10"):
+            values = [100 * curve["rows"][-1]["rejected"][name] for curve in curves[config]]
+            assert f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" in row, name

@@ -1,7 +1,8 @@
 """A sweep's results as a Markdown page section: what was run (command, dates, machine,
 commit, from the jobs' ``run.json``), then per configuration the closed-set accuracy, the
 time per job, and every detector's AUROC and OSCR on every OOD set, mean ± std over the
-replicates (seeds or splits), detectors ranked by mean AUROC."""
+replicates (seeds or splits), detectors ranked by mean AUROC, and the known-rejection budget's
+operating points."""
 
 import json
 import statistics
@@ -14,7 +15,7 @@ import yaml
 
 from osr.reporting.run_record import RUN_RECORD
 
-Job = dict[str, Any]  # "overrides", "metrics", "run" (run.json, or {})
+Job = dict[str, Any]  # "overrides", "metrics", "run" (run.json, or {}), "curve" (or None)
 
 
 def _mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -72,7 +73,8 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
     metrics = [job["metrics"] for job in jobs]
     minutes = [job["run"]["seconds"] / 60 for job in jobs if job["run"]]
     per_job = ", ".join(replicate(job) for job in jobs)
-    lines = [f"### {name}", "", f"{len(jobs)} runs ({per_job}); mean ± std (sample std).", ""]
+    runs = f"{len(jobs)} run{'s' if len(jobs) > 1 else ''}"
+    lines = [f"### {name}", "", f"{runs} ({per_job}); mean ± std (sample std).", ""]
     lines += ["| | mean ± std | per run |", "|---|---|---|"]
     accuracy = [m["closed_set.accuracy"] for m in metrics]
     lines.append(
@@ -91,16 +93,19 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
         full = f"ood.{ood_set}.scores.{detector}.{key}"
         return [m[full] for m in metrics if full in m]
 
+    ranked = {}
     for ood_set in _ood_sets(metrics[0]):
-        detectors = _detectors(metrics[0], ood_set)
         values = partial(figures, ood_set)
-        detectors.sort(key=lambda d: -statistics.fmean(values(d, "auroc")))
-        best = detectors[0]
-        lines.append(
-            f"| {best} AUROC on {ood_set} (%) | {_mean_std(values(best, 'auroc'))} | "
-            + ", ".join(f"{100 * v:.2f}" for v in values(best, "auroc"))
-            + " |"
+        detectors = sorted(
+            _detectors(metrics[0], ood_set), key=lambda d: -statistics.fmean(values(d, "auroc"))
         )
+        ranked[ood_set] = detectors
+        lines.append(
+            f"| {detectors[0]} AUROC on {ood_set} (%) | {_mean_std(values(detectors[0], 'auroc'))}"
+            " | " + ", ".join(f"{100 * v:.2f}" for v in values(detectors[0], "auroc")) + " |"
+        )
+    for ood_set, detectors in ranked.items():
+        values = partial(figures, ood_set)
         lines += ["", f"**{ood_set}**: detectors by mean AUROC", ""]
         lines += ["| detector | AUROC (%) | OSCR (%) | FPR95 (%) |", "|---|---|---|---|"]
         for d in detectors:
@@ -108,6 +113,43 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
                 f"| `{d}` | {_mean_std(values(d, 'auroc'))} | {_mean_std(values(d, 'oscr'))} "
                 f"| {_mean_std(values(d, 'fpr95'))} |"
             )
+    return [*lines, "", *operating_points(jobs)]
+
+
+def operating_points(jobs: list[Job]) -> list[str]:
+    """The share of each set rejected at each alpha of the jobs' conformal operating curves
+    (``operating_curve.json``), when every job has one for the same voting set."""
+    curves = [job.get("curve") for job in jobs]
+    if not all(curves) or len({tuple(c["voting_scores"]) for c in curves}) != 1:
+        return []
+    alphas = [row["alpha"] for row in curves[0]["rows"]]
+    sets = list(curves[0]["rows"][0]["rejected"]) if alphas else []
+    known = sets[0] if sets else ""
+    voting = ", ".join(f"`{name}`" for name in curves[0]["voting_scores"])
+    lines = [
+        f"**Known-rejection budget** (`calibration=conformal`): images rejected by the union of "
+        f"{voting} calibrated at each alpha on the validation split (`operating_curve.json`); "
+        "mean ± std, and per run for the known test split.",
+        "",
+        f"| alpha | {known} rejected (%) | per run | "
+        + " | ".join(f"{name} rejected (%)" for name in sets[1:])
+        + " |",
+        "|---" * (len(sets) + 2) + "|",
+    ]
+    for i, alpha in enumerate(alphas):
+        rows = [
+            c["rows"][i] for c in curves if i < len(c["rows"]) and c["rows"][i]["alpha"] == alpha
+        ]
+        if len(rows) != len(curves):
+            continue
+        share = {name: [row["rejected"][name] for row in rows] for name in sets}
+        lines.append(
+            f"| {100 * alpha:.1f}% | {_mean_std(share[known])} | "
+            + ", ".join(f"{100 * v:.2f}" for v in share[known])
+            + " | "
+            + " | ".join(_mean_std(share[name]) for name in sets[1:])
+            + " |"
+        )
     return [*lines, ""]
 
 
@@ -118,12 +160,13 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         run_dir = metrics_file.parent
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        record = run_dir / RUN_RECORD
+        record, curve = run_dir / RUN_RECORD, run_dir / "operating_curve.json"
         jobs.append(
             {
                 "overrides": overrides or [],
                 "metrics": json.loads(metrics_file.read_text()),
                 "run": json.loads(record.read_text()) if record.is_file() else {},
+                "curve": json.loads(curve.read_text()) if curve.is_file() else None,
             }
         )
     return jobs
