@@ -4,8 +4,9 @@ For a run trained with ``detectors=all``: every set of at most ``--max-size`` de
 calibrated as one union by ``calibration=conformal`` at ``--alpha`` on the validation split,
 and ranked by the share it rejects of outliers made from the known training images alone
 (pixels shuffled, patches shuffled, two images of different classes averaged, the image
-inverted, noise of the images' mean and spread). The best sets are then shown on the test
-split and the run's OOD sets, beside the model's configured voting set.
+inverted, heavily blurred, its strokes thickened, noise of the images' mean and spread). The
+best sets are then shown on the test split and the run's OOD sets, beside the model's
+configured voting set.
 
     python -m benchmarks.voting_sets outputs/<run> --alpha 0.005
 """
@@ -15,6 +16,8 @@ import itertools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
 from benchmarks.common import MIRROR
@@ -48,6 +51,8 @@ def outliers(x: Tensor, y: Tensor, mean: Tensor, std: Tensor, g: torch.Generator
         "patches shuffled": jigsaw,
         "two classes averaged": ((x + x[partner]) / 2)[other_class],
         "inverted": ((1 - raw) - mean) / std,
+        "blurred": gaussian_blur2d(x, (9, 9), (3.0, 3.0), border_type="reflect"),
+        "thickened": (F.max_pool2d(raw, 3, stride=1, padding=1) - mean) / std,
         "noise": torch.randn(x.shape, generator=g).to(x.device) * x.std() + x.mean(),
     }
 
@@ -104,7 +109,7 @@ def main() -> None:
             ranked.append((sum(caught) / len(caught), min(caught), voting, thresholds))
     ranked.sort(key=lambda r: r[0], reverse=True)
 
-    configured = tuple(module.hparams.voting_scores)
+    configured = tuple(sorted(module.hparams.voting_scores))
     shown = ranked[: args.show]
     if configured not in [r[2] for r in shown]:
         shown += [r for r in ranked if r[2] == configured]
