@@ -5,7 +5,6 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from osr.reporting.report import write_results
@@ -41,7 +40,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         )
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
     run_cfg = DictConfig(ckpt["osr_config"])
-    rule = curve_rule(instantiate(run_cfg.get("calibration")))
+    rule = curve_rule(ckpt["osr_config"].get("calibration"))
     evaluation = evaluate(module, datamodule, cfg.ood, resolve_device(cfg.device), rule)
     history = ckpt.get("callbacks", {}).get("EpochHistory", {}).get("epochs", [])
     run_cfg.ood = cfg.ood

@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             datamodule,
             cfg.ood,
             trainer.strategy.root_device,
-            curve_rule(instantiate(cfg.calibration)),
+            curve_rule(to_plain(cfg.calibration)),
         )
         metrics.update({k: v for k, v in evaluation.metrics.items() if isinstance(v, float)})
         if trainer.is_global_zero:

@@ -164,10 +164,15 @@ class Conformal:
 CURVE_ALPHAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
-def curve_rule(calibration: Any) -> Conformal:
-    """The conformal rule of a run's calibration, or the default one for runs calibrated by
-    another rule (their operating curve is what the conformal rule would give them)."""
-    return calibration if isinstance(calibration, Conformal) else Conformal()
+def curve_rule(calibration: Mapping[str, Any] | None) -> Conformal:
+    """The conformal rule of a run's calibration config, or the default one for runs
+    calibrated by another rule (their operating curve is what the conformal rule would give
+    them). Reads the config rather than instantiating it: a checkpoint's may name a rule
+    that has since moved."""
+    params = dict(calibration or {})
+    if params.pop("_target_", None) != f"{Conformal.__module__}.{Conformal.__name__}":
+        return Conformal()
+    return Conformal(**params)
 
 
 def operating_curve(
