@@ -123,8 +123,11 @@ def operating_points(jobs: list[Job]) -> list[str]:
     if not all(curves) or len({tuple(c["voting_scores"]) for c in curves}) != 1:
         return []
     alphas = [row["alpha"] for row in curves[0]["rows"]]
-    sets = list(curves[0]["rows"][0]["rejected"]) if alphas else []
-    known = sets[0] if sets else ""
+    if not alphas:
+        return []
+    metrics = jobs[0]["metrics"]  # the known test split is the one counted as "<name>.count"
+    known = next(k[: -len(".count")] for k in metrics if k.endswith(".count") and "." not in k[:-6])
+    sets = [known, *sorted(set(curves[0]["rows"][0]["rejected"]) - {known})]
     voting = ", ".join(f"`{name}`" for name in curves[0]["voting_scores"])
     lines = [
         f"**Known-rejection budget** (`calibration=conformal`): images rejected by the union of "
