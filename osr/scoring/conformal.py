@@ -37,7 +37,9 @@ def conformal_rank(n: int, alpha: float) -> int:
     if k > n:
         raise OSRError(
             f"calibration.alpha={alpha} needs at least {math.ceil(1 / alpha) - 1} calibration "
-            f"images, the conformal rule has {n}: raise calibration.alpha or data.val_size."
+            f"images, the conformal rule has {n} (with several voting detectors, the share "
+            "1 - calibration.rank_fraction of the validation split): raise calibration.alpha "
+            "or data.val_size."
         )
     return max(k, 1)
 
