@@ -19,6 +19,7 @@ from osr.utils.checkpoints import (
     save_checkpoint,
 )
 from osr.utils.config import exits_on_user_error, to_plain
+from osr.utils.errors import OSRError
 
 log = logging.getLogger("osr.calibrate")
 
@@ -37,8 +38,9 @@ def calibrate_checkpoint(cfg: DictConfig) -> Path:
         module.replace_detectors(detectors)
         ckpt[CONFIG_KEY]["detectors"] = detectors
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    rule = calibration_config(cfg, ckpt[CONFIG_KEY])
     callback = ThresholdCalibration(
-        instantiate(cfg.calibration), cfg.paths.output_dir, checkpoint=str(cfg.ckpt_path)
+        instantiate(rule), cfg.paths.output_dir, checkpoint=str(cfg.ckpt_path)
     )
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=[callback], logger=False, enable_checkpointing=False
@@ -48,10 +50,22 @@ def calibrate_checkpoint(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         ckpt["state_dict"].pop("thresholds", None)
         ckpt.update(cpu_tensors(module.open_set_state()))
-        ckpt[CONFIG_KEY]["calibration"] = to_plain(cfg.calibration)  # the rule now in force
+        ckpt[CONFIG_KEY]["calibration"] = rule  # the rule now in force
         save_checkpoint(ckpt, out)
         log.info("thresholds %s -> %s", module.threshold_dict(), out)
     return out
+
+
+def calibration_config(cfg: DictConfig, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The rule named by ``calibration=...``, else the one the checkpoint was calibrated by."""
+    if cfg.get("calibration") is not None:
+        return to_plain(cfg.calibration)
+    if not run_config.get("calibration"):
+        raise OSRError(
+            f"{cfg.ckpt_path} records no calibration rule: name one, e.g. "
+            "`calibration=conformal calibration.alpha=0.01` or `calibration=mean_std`."
+        )
+    return dict(run_config["calibration"])
 
 
 def detectors_config(detectors: DictConfig, run_config: dict[str, Any]) -> dict[str, Any]:
