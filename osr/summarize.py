@@ -1,9 +1,12 @@
 """python -m osr.summarize <sweep dir>: one row per configuration, mean ± std over seeds.
 
 With ``--markdown`` it prints a results section instead (what was run, when, where, from
-which commit; per configuration the closed-set accuracy, minutes per run and every
-detector's AUROC and OSCR per OOD set): the tables of ``docs/`` are made this way, e.g.
+which commit; with several configurations a table of each one's best detector; per
+configuration the closed-set accuracy, minutes per run and every detector's AUROC and OSCR
+per OOD set): the tables of ``docs/`` are made this way, e.g.
 ``python -m osr.summarize outputs/multirun/osr_split_cifar10 --replicates split --markdown``.
+A directory holding several sweeps (``outputs/multirun/objectives/<objective>``) is read
+as one, each sweep's command listed.
 
 Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml`` below the sweep directory;
 a configuration is a job's overrides other than the replicate keys (``seed``; add
@@ -22,7 +25,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from osr.reporting.results_table import Job, configuration_section, load_jobs, provenance
+from osr.reporting.results_table import (
+    Job,
+    comparison,
+    configuration_section,
+    load_jobs,
+    provenance,
+)
 from osr.utils.io import write_text
 
 REPLICATE_KEYS = ("seed",)
@@ -112,6 +121,8 @@ def markdown(sweep_dir: Path, replicates: tuple[str, ...]) -> str:
     if shared:
         lines.append("- shared overrides: " + " ".join(f"`{o}`" for o in shared))
     lines.append("")
+    if len(groups) > 1:
+        lines += comparison(groups)
     for name, members in groups.items():
         title = sweep_dir.name if len(groups) == 1 else name  # one configuration: the sweep's
         lines += configuration_section(title, members, replicates)

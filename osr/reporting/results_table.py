@@ -15,7 +15,8 @@ import yaml
 
 from osr.reporting.run_record import RUN_RECORD
 
-Job = dict[str, Any]  # "overrides", "metrics", "run" (run.json, or {}), "curve" (or None)
+# "dir", "overrides", "metrics", "run" (run.json, or {}), "curve" (operating_curve.json, or None)
+Job = dict[str, Any]
 
 
 def _mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -37,12 +38,12 @@ def _sweep_command(sweep_dir: Path) -> str | None:
 
 
 def provenance(sweep_dir: Path, jobs: list[Job]) -> list[str]:
-    """Lines saying what was run, when, where and from which commit."""
+    """Lines saying what was run, when, where and from which commit: the command of every
+    Hydra sweep among the jobs (``sweep_dir`` itself, or the sweeps below it)."""
     runs = [job["run"] for job in jobs if job["run"]]
-    lines = []
-    command = _sweep_command(sweep_dir)
-    if command:
-        lines.append(f"- command: `{command}`")
+    sweeps = sorted({job["dir"].parent for job in jobs} | {sweep_dir})
+    commands = [c for c in map(_sweep_command, sweeps) if c]
+    lines = [f"- command: `{command}`" for command in commands]
     if runs:
         started = min(r["started"] for r in runs)
         finished = max(r["finished"] for r in runs)
@@ -63,6 +64,56 @@ def _detectors(metrics: dict[str, Any], ood_set: str) -> list[str]:
     return sorted({k[len(prefix) :].split(".")[0] for k in metrics if k.startswith(prefix)})
 
 
+def _figures(metrics: list[dict[str, Any]], ood_set: str, detector: str, key: str) -> list[float]:
+    full = f"ood.{ood_set}.scores.{detector}.{key}"
+    return [m[full] for m in metrics if full in m]
+
+
+def _ranked(metrics: list[dict[str, Any]], ood_set: str) -> list[str]:
+    """The detectors of ``ood_set``, best mean AUROC first."""
+    auroc = {d: _figures(metrics, ood_set, d, "auroc") for d in _detectors(metrics[0], ood_set)}
+    return sorted(auroc, key=lambda d: -statistics.fmean(auroc[d]))
+
+
+def _minutes(jobs: list[Job]) -> list[float]:
+    return [job["run"]["seconds"] / 60 for job in jobs if job["run"]]
+
+
+def comparison(groups: dict[str, list[Job]]) -> list[str]:
+    """Per OOD set, one row per configuration: its best detector's AUROC and OSCR, beside
+    the closed-set accuracy and the time per run; configurations ranked by that AUROC."""
+    lines = []
+    first = next(iter(groups.values()))[0]["metrics"]
+    for ood_set in _ood_sets(first):
+        rows = []
+        for name, jobs in groups.items():
+            metrics = [job["metrics"] for job in jobs]
+            if not _detectors(metrics[0], ood_set):
+                continue
+            best = _ranked(metrics, ood_set)[0]
+            auroc = _figures(metrics, ood_set, best, "auroc")
+            cells = [
+                name,
+                str(len(jobs)),
+                _mean_std([m["closed_set.accuracy"] for m in metrics]),
+                f"`{best}`",
+                _mean_std(auroc),
+                _mean_std(_figures(metrics, ood_set, best, "oscr")),
+                _mean_std(_minutes(jobs), 1.0, 1),
+            ]
+            rows.append((statistics.fmean(auroc), cells))
+        lines += [
+            f"**{ood_set}**: the best detector of each configuration (by mean AUROC), mean ± std",
+            "",
+            "| configuration | runs | closed-set accuracy (%) | best detector | AUROC (%) "
+            "| OSCR (%) | minutes per run |",
+            "|---|---|---|---|---|---|---|",
+            *("| " + " | ".join(cells) + " |" for _, cells in sorted(rows, key=lambda r: -r[0])),
+            "",
+        ]
+    return lines
+
+
 def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...]) -> list[str]:
     """The closed-set accuracy, minutes per job and every detector's AUROC and OSCR."""
 
@@ -71,7 +122,7 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
         return " ".join(pairs) or "-"
 
     metrics = [job["metrics"] for job in jobs]
-    minutes = [job["run"]["seconds"] / 60 for job in jobs if job["run"]]
+    minutes = _minutes(jobs)
     per_job = ", ".join(replicate(job) for job in jobs)
     runs = f"{len(jobs)} run{'s' if len(jobs) > 1 else ''}"
     lines = [f"### {name}", "", f"{runs} ({per_job}); mean ± std (sample std).", ""]
@@ -89,23 +140,17 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
             + " |"
         )
 
-    def figures(ood_set: str, detector: str, key: str) -> list[float]:
-        full = f"ood.{ood_set}.scores.{detector}.{key}"
-        return [m[full] for m in metrics if full in m]
-
     ranked = {}
     for ood_set in _ood_sets(metrics[0]):
-        values = partial(figures, ood_set)
-        detectors = sorted(
-            _detectors(metrics[0], ood_set), key=lambda d: -statistics.fmean(values(d, "auroc"))
-        )
+        values = partial(_figures, metrics, ood_set)
+        detectors = _ranked(metrics, ood_set)
         ranked[ood_set] = detectors
         lines.append(
             f"| {detectors[0]} AUROC on {ood_set} (%) | {_mean_std(values(detectors[0], 'auroc'))}"
             " | " + ", ".join(f"{100 * v:.2f}" for v in values(detectors[0], "auroc")) + " |"
         )
     for ood_set, detectors in ranked.items():
-        values = partial(figures, ood_set)
+        values = partial(_figures, metrics, ood_set)
         lines += ["", f"**{ood_set}**: detectors by mean AUROC", ""]
         lines += ["| detector | AUROC (%) | OSCR (%) | FPR95 (%) |", "|---|---|---|---|"]
         for d in detectors:
@@ -166,6 +211,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         record, curve = run_dir / RUN_RECORD, run_dir / "operating_curve.json"
         jobs.append(
             {
+                "dir": run_dir,
                 "overrides": overrides or [],
                 "metrics": json.loads(metrics_file.read_text()),
                 "run": json.loads(record.read_text()) if record.is_file() else {},
