@@ -27,6 +27,14 @@ class IILoss(Objective):
     from the first batches toward zero. The means restart every epoch (the loss, unbounded
     below, keeps moving the embedding), so those scored with are the last epoch's. Logits are
     the negative squared distances to them; the score (``ii``) is the smallest distance.
+
+    z is the head's output batch-normalized (``embedding_norm``, no scale), as in the authors'
+    code (github.com/shrtCKT/opennet: "It is very important to batch normalize the output of
+    encoder"): without it the loss, unbounded below, grows the embedding's scale until the
+    classes collapse (17% closed-set accuracy on MNIST 6/4 with the stronger recipe). The
+    authors' learned shift is left out: it moves every z alike and changes no distance.
+    Training batches are normalized with their own statistics (a batch of one image, which
+    has none, with the running ones), evaluation with the running statistics.
     """
 
     uses_head_as_logits = False
@@ -36,6 +44,7 @@ class IILoss(Objective):
     def __init__(self, num_classes: int, feature_dim: int, alpha: float = 1.0) -> None:
         super().__init__(num_classes, feature_dim)
         self.alpha = alpha
+        self.embedding_norm = nn.BatchNorm1d(num_classes, affine=False)
         self.register_buffer("sums", torch.zeros(num_classes, num_classes))
         self.register_buffer("counts", torch.zeros(num_classes))
 
@@ -45,14 +54,30 @@ class IILoss(Objective):
         (zeros for a class not seen yet)."""
         return self.sums / self.counts.clamp(min=1)[:, None]
 
+    def embed(self, features: Tensor, head: nn.Linear, track: bool = True) -> Tensor:
+        """z: the head's output, batch-normalized. ``track``: update the running statistics
+        (once per training step: ``logits`` does, ``loss`` does not)."""
+        h = head(features).float()
+        if self.training and len(h) > 1 and not track:
+            return F.batch_norm(h, None, None, training=True, eps=self.embedding_norm.eps)
+        if self.training and len(h) == 1:
+            return F.batch_norm(
+                h,
+                self.embedding_norm.running_mean,
+                self.embedding_norm.running_var,
+                training=False,
+                eps=self.embedding_norm.eps,
+            )
+        return self.embedding_norm(h)
+
     def logits(self, features: Tensor, head: nn.Linear) -> Tensor:
-        z = head(features)
+        z = self.embed(features, head)
         return -squared_distances(z, self.means.to(z.dtype))
 
     def loss(
         self, features: Tensor | None, logits: Tensor, labels: Tensor, head: nn.Linear
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        z = head(features).float()
+        z = self.embed(features, head, track=False)
         onehot = F.one_hot(labels, self.num_classes).to(z.dtype)  # B x K
         sums, counts = onehot.T @ z, onehot.sum(dim=0)
         batch_means = sums / counts.clamp(min=1)[:, None]
