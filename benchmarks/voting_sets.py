@@ -8,7 +8,7 @@ inverted, heavily blurred, its strokes thickened, noise of the images' mean and 
 best sets are then shown on the test split and the run's OOD sets, beside the model's
 configured voting set.
 
-    python -m benchmarks.voting_sets outputs/<run> --alpha 0.005
+    python -m benchmarks.voting_sets outputs/<run> --alpha 0.005 [--detectors msp energy ...]
 """
 
 import argparse
@@ -87,6 +87,12 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=3)
     parser.add_argument("--outliers", type=int, default=4000, help="training images to alter")
     parser.add_argument("--show", type=int, default=8, help="best sets shown on the test sets")
+    parser.add_argument(
+        "--detectors",
+        nargs="+",
+        help="the candidates (default: every detector of the run), e.g. those every objective "
+        "provides: msp max_logit energy gen mahalanobis rmd knn",
+    )
     args = parser.parse_args()
 
     ckpt = read_checkpoint(args.run / "checkpoints" / "best.ckpt")
@@ -98,7 +104,11 @@ def main() -> None:
     rule = Conformal(alpha=args.alpha)
 
     ranked = []
-    names = sorted(validation)
+    names = sorted(args.detectors or validation)
+    if unknown := set(names) - set(validation):
+        raise SystemExit(
+            f"error: --detectors {sorted(unknown)}: not among the run's {sorted(validation)}"
+        )
     for size in range(1, args.max_size + 1):
         for voting in itertools.combinations(names, size):
             try:

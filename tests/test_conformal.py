@@ -196,7 +196,7 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
     ("model", "recommended", "notebook"),
     [
         ("mlae", ["recon_l2", "binary_diff", "max_logit"], ["recon_l2", "binary_diff"]),
-        ("baseline", ["energy", "gen", "react"], ["msp"]),
+        ("baseline", ["energy", "gen", "max_logit"], ["msp"]),
     ],
 )
 def test_defaults_vote_with_the_recommended_sets_and_seed_repro_with_the_notebooks(

@@ -266,10 +266,10 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
         prefix = f"ood.{name}.scores.{score}"
         expected = [metrics[f"{prefix}.{k}"] for k in columns]
         assert values == pytest.approx(expected), prefix
-    for plot in ("confusion_matrix", "scores_energy", "scores_react", "training_curves"):
+    for plot in ("confusion_matrix", "scores_energy", "scores_max_logit", "training_curves"):
         (files,) = history[f"plots/{plot}/filenames"]
         assert (offline / "files" / files[0]).read_bytes()[:8] == PNG_MAGIC, plot
-    assert logged_config(records)["model"]["voting_scores"] == ["energy", "gen", "react"]
+    assert logged_config(records)["model"]["voting_scores"] == ["energy", "gen", "max_logit"]
 
 
 @pytest.mark.slow
