@@ -223,6 +223,11 @@ def test_ii_class_means_are_counted_per_class():
     for z, _ in batches:
         running = 0.9 * running + 0.1 * z.numpy().mean(0)
     assert np.allclose(ii.embedding_norm.running_mean.numpy(), running, atol=1e-5)
+    # a training batch of one image has no batch statistics: the running ones normalize it
+    one = batches[2][0][:1]
+    norm = ii.embedding_norm
+    by_running = (one - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    assert torch.allclose(ii.embed(one, head), by_running, atol=1e-5)
     ii.eval()
     frozen = ii.means.clone()
     ii.loss(batches[0][0], ii.logits(batches[0][0], head), batches[0][1], head)
