@@ -109,6 +109,22 @@ def test_thresholds_json_says_how_the_validation_split_was_divided():
     assert "seed 3" in record["split"] and record["alpha"] == 0.05
 
 
+def test_the_union_keeps_exactly_k_images_of_its_threshold_part():
+    """The image that sets the bound is kept: the thresholds turned back from its rank must
+    not round below its own score (on some draws they did)."""
+    g = torch.Generator().manual_seed(2)
+    for draw in range(200):
+        scores = correlated_scores(3, 100, g)
+        rule = Conformal(alpha=0.05, seed=draw)
+        thresholds, record = rule.fit_union_record(scores)
+        order = torch.randperm(100, generator=torch.Generator().manual_seed(draw))
+        part = order[record["rank_part"] :]
+        rejected = torch.zeros(len(part), dtype=torch.bool)
+        for name, s in scores.items():
+            rejected |= s[part] > torch.tensor(thresholds[name], dtype=torch.float32)
+        assert (~rejected).sum().item() == record["rank"], draw
+
+
 def union_decisions_by_numpy(val: dict, judged: dict, alpha: float, seed: int) -> np.ndarray:
     """The union rule from its definition, with numpy's interpolation for the ranks: True
     where an image of ``judged`` is rejected."""

@@ -95,10 +95,13 @@ def union_thresholds(
     ).amax(0)
     k = conformal_rank(len(threshold_from), alpha)
     bound = largest.kthvalue(k).values.item()  # reject when the largest rank exceeds it
-    thresholds = {
-        name: _float32_at_most(smooth_rank_threshold(values, bound))
-        for name, values in ranked.items()
-    }
+    kept = largest <= bound
+    thresholds = {}
+    for name, values in ranked.items():
+        # no kept image's score is above the exact inverse; rounding in the inverse could put
+        # it a hair below the image that sets the bound, which would then be rejected
+        below = scores[name][threshold_from].double()[kept].max().item()
+        thresholds[name] = _float32_at_most(max(smooth_rank_threshold(values, bound), below))
     return thresholds, {
         "rank_part": len(ranks_from),
         "threshold_part": len(threshold_from),
