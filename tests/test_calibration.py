@@ -65,7 +65,9 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     module = objects["model"]
     run = tmp_path / "run"
     record = json.loads((run / "thresholds.json").read_text())
-    assert record["rule"] == {"k": 3.0, "name": "mean_std"}
+    # the default rule, at the tiny tests' budget
+    assert record["rule"] == {"alpha": 0.1, "rank_fraction": 0.5, "seed": 0, "name": "conformal"}
+    assert record["voting_scores"] == ["recon_l2", "binary_diff", "max_logit"]
     default_detectors = {"recon_l2", "binary_diff", "msp", "max_logit", "energy", "gen"}
     default_detectors |= {"mahalanobis", "rmd", "knn", "vim", "react"}
     assert set(record["scores"]) == default_detectors

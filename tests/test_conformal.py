@@ -9,12 +9,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from osr.calibrate import calibration_config
 from osr.scoring.conformal import Conformal, conformal_rank, smooth_rank, smooth_rank_threshold
+from osr.scoring.thresholds import MeanStd
 from osr.train import train
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.utils.config import CONFIG_DIR
 from osr.utils.errors import OSRError
 from tests.conftest import TINY_TRAINING
 from tests.test_calibration import run_calibrate
@@ -169,7 +173,9 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
     module.eval()
     with torch.no_grad():
         logits, scores = module.logits_and_scores(x)
-    val = {name: scores[name].numpy() for name in ("recon_l2", "binary_diff")}
+    voting = ["recon_l2", "binary_diff", "max_logit"]  # model=mlae's default voting set
+    assert module.hparams.voting_scores == voting
+    val = {name: scores[name].numpy() for name in voting}
     expected = union_decisions_by_numpy(val, val, 0.1, seed=0)
     decided = module.decide(logits, scores) == module.unknown_label
     assert np.array_equal(decided.numpy(), expected)
@@ -179,7 +185,7 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
     assert np.array_equal(test_rejected, union_decisions_by_numpy(val, test, 0.1, seed=0))
 
     curve = json.loads((run / "operating_curve.json").read_text())
-    assert curve["voting_scores"] == ["recon_l2", "binary_diff"]
+    assert curve["voting_scores"] == voting
     assert [row["alpha"] for row in curve["rows"]] == [0.02, 0.05, 0.1]  # 50 images: >= 1/51
     metrics = json.loads((run / "metrics.json").read_text())
     at_alpha = curve["rows"][2]["rejected"]
@@ -200,6 +206,26 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
         (module.decide(logits, scores, thresholds) == module.unknown_label).numpy(),
         union_decisions_by_numpy(val, val, 0.05, seed=0),
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "recommended", "notebook"),
+    [
+        ("mlae", ["recon_l2", "binary_diff", "max_logit"], ["recon_l2", "binary_diff"]),
+        ("baseline", ["energy", "gen", "max_logit"], ["msp"]),
+    ],
+)
+def test_defaults_vote_with_the_recommended_sets_and_seed_repro_with_the_notebooks(
+    model, recommended, notebook
+):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        default = compose("train", overrides=[f"model={model}"])
+        repro = compose("train", overrides=["experiment=seed_repro", f"model={model}"])
+    assert instantiate(default.calibration) == Conformal(alpha=0.01)
+    assert list(default.model.voting_scores) == recommended
+    assert set(recommended) <= set(default.detectors)
+    assert instantiate(repro.calibration) == MeanStd(k=3.0)
+    assert list(repro.model.voting_scores) == notebook
 
 
 def test_osr_calibrate_keeps_the_checkpoints_rule_unless_told_otherwise():

@@ -83,6 +83,7 @@ def test_calibrate_adds_detectors_to_a_checkpoint(train_cfg, tmp_path, tiny_data
     )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "cal" / "thresholds.json").read_text())
+    assert record["rule"]["name"] == "conformal" and record["rule"]["alpha"] == 0.1  # the run's
     assert record["detectors_fitted"]["split"] == "mnist train"
     assert {"knn", "openmax", "class_distance"} <= set(record["detectors_fitted"]["names"])
     calibrated = read_checkpoint(tmp_path / "cal" / "checkpoints" / "calibrated.ckpt")

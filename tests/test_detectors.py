@@ -78,7 +78,10 @@ def digits(n: int, seed: int) -> tuple[Tensor, Tensor]:
 def trained(kind: str) -> Classifier | AutoencoderClassifier:
     """The real module from the composed config, after 30 Adam steps on digit-like images."""
     torch.manual_seed(0)
-    module = instantiate(compose_train(f"model={kind}").model, class_names=CLASSES)
+    # without a detectors config the module holds the built-in detectors: it votes with one
+    module = instantiate(
+        compose_train(f"model={kind}").model, class_names=CLASSES, voting_scores=["max_logit"]
+    )
     x, y = digits(200, seed=0)
     optimizer = module.configure_optimizers()
     for _ in range(30):

@@ -16,7 +16,7 @@ from sklearn.metrics import (
 from osr.evaluate import evaluate_checkpoint
 from osr.summarize import markdown, summarize
 from osr.train import train
-from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
+from tests.conftest import TINY_TRAINING, run_module, tiny_overrides
 from tests.wandb_records import logged_config, logged_history
 
 # detectors=default on the autoencoder-classifier (the baseline has no reconstruction)
@@ -184,7 +184,8 @@ def assert_matches(metrics: dict[str, object], expected: dict[str, object]) -> N
 
 @pytest.mark.slow
 def test_evaluate_checkpoint_reproduces_the_runs_metrics(train_cfg, evaluate_cfg, tmp_path):
-    train(train_cfg("model=mlae", "calibration.k=1", *TINY_TRAINING))  # k=1: some known rejected
+    # a 20% budget: some known images rejected
+    train(train_cfg("model=mlae", "calibration.alpha=0.2", *TINY_TRAINING))
     run, best = tmp_path / "run", tmp_path / "run" / "checkpoints" / "best.ckpt"
     record = json.loads((run / "thresholds.json").read_text())
     # the model holds its thresholds in float32, like its scores
@@ -265,21 +266,22 @@ def test_wandb_runs_offline_and_records_our_metrics(train_cfg, tmp_path, monkeyp
         prefix = f"ood.{name}.scores.{score}"
         expected = [metrics[f"{prefix}.{k}"] for k in columns]
         assert values == pytest.approx(expected), prefix
-    for plot in ("confusion_matrix", "scores_msp", "training_curves"):
+    for plot in ("confusion_matrix", "scores_energy", "scores_max_logit", "training_curves"):
         (files,) = history[f"plots/{plot}/filenames"]
         assert (offline / "files" / files[0]).read_bytes()[:8] == PNG_MAGIC, plot
-    assert logged_config(records)["model"]["voting_scores"] == ["msp"]
+    assert logged_config(records)["model"]["voting_scores"] == ["energy", "gen", "max_logit"]
 
 
 @pytest.mark.slow
 def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith("report.")]
+    overrides = [o for o in tiny_overrides("calibration=mean_std") if not o.startswith("report.")]
     done = run_module(
         "osr.train",
         "-m",
         "model=baseline",
         "seed=1,2",
+        "calibration=mean_std",
         "calibration.k=2.0,3.0",
         f"paths.data_dir={tiny_data}",
         f"hydra.sweep.dir={sweep}",
@@ -324,8 +326,9 @@ def test_summarize_a_real_two_seed_sweep(tiny_data, tmp_path):
                 expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
                 row = next(line for line in block.splitlines() if line.startswith(f"| `{score}`"))
                 assert expected in row, (config, score, key)
-        # the conformal operating points: 100 validation images, so alpha from 1% up
-        assert [row["alpha"] for row in curves[config][0]["rows"]] == [0.01, 0.02, 0.05, 0.1]
+        # the conformal operating points of the baseline's three voting detectors: 100
+        # validation images, halves of 50 for the union, so alpha from 2% up
+        assert [row["alpha"] for row in curves[config][0]["rows"]] == [0.02, 0.05, 0.1]
         row = next(line for line in block.splitlines() if line.startswith("| 10.0% |"))
         for name in ("mnist", "cifar10"):
             values = [100 * curve["rows"][-1]["rejected"][name] for curve in curves[config]]

@@ -14,6 +14,7 @@ from osr.evaluate import evaluate_checkpoint
 from osr.optim import warmup_cosine
 from osr.train import train
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.utils.config import plain
 from osr.utils.errors import OSRError
 from tests.conftest import TINY_TRAINING
 from tests.test_models import make_module
@@ -58,10 +59,10 @@ def test_random_affine_draws_per_image_within_the_limits():
 def test_batch_transform_augments_in_training_only_and_checks_its_limits():
     t = BatchTransform(0.13, 0.31, blur_sigma=(1e-3, 1e-3), translate=2, rotate=10)
     images = (dot(10, 10, 64) * 255).to(torch.uint8)
-    plain = BatchTransform(0.13, 0.31)(images)
-    assert torch.equal(t(images), plain)
+    unaugmented = BatchTransform(0.13, 0.31)(images)
+    assert torch.equal(t(images), unaugmented)
     moved = t(images, augment=True)
-    assert (moved - plain).abs().amax(dim=(1, 2, 3)).min() > 0.1
+    assert (moved - unaugmented).abs().amax(dim=(1, 2, 3)).min() > 0.1
     # what comes in from outside is the normalized black background, not zeros
     background = (0 - 0.13) / 0.31
     assert torch.allclose(moved[:, :, 0, 0], torch.full((64, 1), background))
@@ -119,7 +120,9 @@ def test_recipe_trains_through_the_real_config(train_cfg):
         "evaluate=false",
     )
     assert list(cfg.model.net.channels) == [32, 64] and cfg.model.net.hidden == 128
-    model = instantiate(cfg.model, class_names=[str(i) for i in range(10)])
+    model = instantiate(
+        cfg.model, class_names=[str(i) for i in range(10)], detectors=plain(cfg.detectors)
+    )
     assert model.net.conv2.out_channels == 64 and model.net.fc1.out_features == 128
     _, objects = train(cfg)
     trainer = objects["trainer"]
