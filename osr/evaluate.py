@@ -1,23 +1,32 @@
-"""python -m osr.evaluate ckpt_path=...: open-set evaluation of a calibrated checkpoint."""
+"""python -m osr.evaluate ckpt_path=...: open-set evaluation of a calibrated checkpoint, or
+of an ensemble of them (``ensemble=[...]``)."""
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
+from osr.reporting.run_record import commit, write_run_record
 from osr.scoring.conformal import curve_rule
+from osr.scoring.ensemble import load_ensemble
 from osr.scoring.test_sets import evaluate
+from osr.scoring.thresholds import calibrate
 from osr.utils.checkpoints import (
+    CONFIG_KEY,
     datamodule_from_checkpoint,
     module_from_checkpoint,
     read_checkpoint,
 )
 from osr.utils.config import exits_on_user_error, instantiate_group
-from osr.utils.errors import NotCalibratedError
+from osr.utils.errors import NotCalibratedError, OSRError
+from osr.utils.io import write_json
 from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.evaluate")
@@ -30,6 +39,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("ensemble"):
+        return evaluate_ensemble(cfg)
     ckpt = read_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(ckpt)
     if not module.is_calibrated:
@@ -39,16 +50,43 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
             "checkpoints/calibrated.ckpt it writes."
         )
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    history = ckpt.get("callbacks", {}).get("EpochHistory", {}).get("epochs", [])
+    return _evaluate(cfg, module, datamodule, ckpt, str(cfg.ckpt_path), history)
+
+
+def evaluate_ensemble(cfg: DictConfig) -> dict[str, Any]:
+    """``ckpt_path`` and the checkpoints of ``ensemble`` scored as one model, calibrated anew
+    on their shared validation split by ``ckpt_path``'s rule (thresholds.json)."""
+    paths = [str(cfg.ckpt_path), *map(str, cfg.ensemble)]
+    ensemble, ckpt = load_ensemble(paths)
+    datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    datamodule.setup("validate")
+    ensemble.to(resolve_device(cfg.device))
+    if not ckpt[CONFIG_KEY].get("calibration"):
+        raise OSRError(f"{paths[0]} records no calibration rule for the ensemble: retrain it.")
+    rule = instantiate(ckpt[CONFIG_KEY]["calibration"])
+    record = calibrate(ensemble, datamodule, rule)
+    write_json(Path(cfg.paths.output_dir) / "thresholds.json", record | {"ensemble": paths})
+    return _evaluate(cfg, ensemble, datamodule, ckpt, " + ".join(paths), [])
+
+
+def _evaluate(
+    cfg: DictConfig,
+    module: Any,
+    datamodule: Any,
+    ckpt: dict[str, Any],
+    checkpoint: str,
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
     run_cfg = DictConfig(ckpt["osr_config"])
     rule = curve_rule(ckpt["osr_config"].get("calibration"))
     evaluation = evaluate(module, datamodule, cfg.ood, resolve_device(cfg.device), rule)
-    history = ckpt.get("callbacks", {}).get("EpochHistory", {}).get("epochs", [])
     run_cfg.ood = cfg.ood
     write_results(
         cfg.paths.output_dir,
         evaluation,
         module,
-        describe(run_cfg, str(cfg.ckpt_path)),
+        describe(run_cfg, checkpoint),
         history,
         instantiate_group(cfg.get("logger")),
         cfg.seed,
@@ -66,11 +104,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
+    started = time.time()
+    commit()  # the code this process runs, recorded in run.json at the end
     prepare_wandb()
     try:
         evaluate_checkpoint(cfg)
     finally:
         finish_wandb()
+    write_run_record(cfg.paths.output_dir, started)
 
 
 if __name__ == "__main__":
