@@ -58,3 +58,21 @@ def test_markdown_compares_the_best_detector_of_every_sweep_below_a_directory(tm
     ]
     assert cells[6] == "2.5 ± 0.7 |"
     assert "### objective=ce" in section and "### objective=arpl" in section
+
+
+def test_an_evaluate_sweep_over_added_splits_is_summarized_by_split(tmp_path):
+    """``osr.evaluate -m +split=0,1 'ckpt_path=.../${split}/...'`` (an ensemble over splits):
+    the jobs are replicates of one configuration, shown with the paths as typed."""
+    sweep = tmp_path / "ensemble"
+    for split in (0, 1):
+        job = sweep / str(split)
+        (job / ".hydra").mkdir(parents=True)
+        # as Hydra writes them: the interpolation escaped
+        overrides = [f"+split={split}", "ckpt_path=runs/$\\{split\\}/best.ckpt"]
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        auroc = {"ood.mnist_unknown.scores.knn.auroc": 0.9 + 0.01 * split}
+        metrics = {"closed_set.accuracy": 0.99, **auroc}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    section = markdown(sweep, ("split",))
+    assert "2 runs (+split=0, +split=1)" in section
+    assert "`ckpt_path=runs/${split}/best.ckpt`" in section

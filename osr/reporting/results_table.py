@@ -118,7 +118,7 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
     """The closed-set accuracy, minutes per job and every detector's AUROC and OSCR."""
 
     def replicate(job: Job) -> str:
-        pairs = [o for o in job["overrides"] if o.split("=", 1)[0] in replicates]
+        pairs = [o for o in job["overrides"] if o.split("=", 1)[0].lstrip("+~") in replicates]
         return " ".join(pairs) or "-"
 
     metrics = [job["metrics"] for job in jobs]
@@ -208,11 +208,13 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         run_dir = metrics_file.parent
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        # Hydra writes an interpolation given on the command line escaped: ${split} as $\{split\}
+        overrides = [o.replace("\\{", "{").replace("\\}", "}") for o in overrides or []]
         record, curve = run_dir / RUN_RECORD, run_dir / "operating_curve.json"
         jobs.append(
             {
                 "dir": run_dir,
-                "overrides": overrides or [],
+                "overrides": overrides,
                 "metrics": json.loads(metrics_file.read_text()),
                 "run": json.loads(record.read_text()) if record.is_file() else {},
                 "curve": json.loads(curve.read_text()) if curve.is_file() else None,
