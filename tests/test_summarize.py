@@ -76,3 +76,31 @@ def test_an_evaluate_sweep_over_added_splits_is_summarized_by_split(tmp_path):
     section = markdown(sweep, ("split",))
     assert "2 runs (+split=0, +split=1)" in section
     assert "`ckpt_path=runs/${split}/best.ckpt`" in section
+
+
+def test_each_configuration_shows_the_decision_at_its_thresholds(tmp_path):
+    """The notebook's headline figures per run and their mean ± std: known vs unknown and
+    11-class accuracy, macro-F1, and the share of known and of each OOD set rejected."""
+    write_sweep(tmp_path, "ce", {"knn": [0.90, 0.92]}, "aaa")
+    figures = {
+        "open_set.binary_accuracy": (0.991, 0.995),
+        "open_set.accuracy": (0.987, 0.990),
+        "open_set.macro_f1": (0.95, 0.97),
+        "known_rejection_rate": (0.004, 0.008),
+        "ood.mnist_unknown.rejection_rate": (0.97, 0.99),
+    }
+    for split in (0, 1):
+        path = tmp_path / "ce" / str(split) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps(metrics | {k: v[split] for k, v in figures.items()}))
+    section = markdown(tmp_path / "ce", ("split",))
+    for label, key in (
+        ("known vs unknown accuracy", "open_set.binary_accuracy"),
+        ("open-set accuracy, K + 1 classes", "open_set.accuracy"),
+        ("open-set macro-F1", "open_set.macro_f1"),
+        ("known test images rejected", "known_rejection_rate"),
+        ("mnist_unknown rejected", "ood.mnist_unknown.rejection_rate"),
+    ):
+        values = [100 * v for v in figures[key]]
+        row = f"| {label} (%) | {np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} | "
+        assert row + f"{values[0]:.2f}, {values[1]:.2f} |" in section, label

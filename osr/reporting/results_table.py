@@ -114,6 +114,19 @@ def comparison(groups: dict[str, list[Job]]) -> list[str]:
     return lines
 
 
+def decision_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, metrics.json key): closed-set accuracy, then the open-set decision at the run's
+    thresholds (the notebook's headline figures), then the share of each OOD set rejected."""
+    rows = [
+        ("closed-set accuracy", "closed_set.accuracy"),
+        ("known vs unknown accuracy", "open_set.binary_accuracy"),
+        ("open-set accuracy, K + 1 classes", "open_set.accuracy"),
+        ("open-set macro-F1", "open_set.macro_f1"),
+        ("known test images rejected", "known_rejection_rate"),
+    ]
+    return rows + [(f"{s} rejected", f"ood.{s}.rejection_rate") for s in _ood_sets(metrics)]
+
+
 def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...]) -> list[str]:
     """The closed-set accuracy, minutes per job and every detector's AUROC and OSCR."""
 
@@ -127,12 +140,11 @@ def configuration_section(name: str, jobs: list[Job], replicates: tuple[str, ...
     runs = f"{len(jobs)} run{'s' if len(jobs) > 1 else ''}"
     lines = [f"### {name}", "", f"{runs} ({per_job}); mean ± std (sample std).", ""]
     lines += ["| | mean ± std | per run |", "|---|---|---|"]
-    accuracy = [m["closed_set.accuracy"] for m in metrics]
-    lines.append(
-        f"| closed-set accuracy (%) | {_mean_std(accuracy)} | "
-        + ", ".join(f"{100 * a:.2f}" for a in accuracy)
-        + " |"
-    )
+    for label, key in decision_rows(metrics[0]):
+        if all(key in m for m in metrics):
+            values = [m[key] for m in metrics]
+            per_run = ", ".join(f"{100 * v:.2f}" for v in values)
+            lines.append(f"| {label} (%) | {_mean_std(values)} | {per_run} |")
     if minutes:
         lines.append(
             f"| minutes per run | {_mean_std(minutes, 1.0, 1)} | "
