@@ -114,13 +114,9 @@ class Ensemble(nn.Module):
     def is_calibrated(self) -> bool:
         return all(name in self.thresholds for name in self.hparams.voting_scores)
 
-    def threshold_dict(self) -> dict[str, float]:
-        return dict(self.thresholds)
-
-    def set_thresholds(self, thresholds: Mapping[str, float]) -> None:
-        values = torch.tensor([thresholds[name] for name in self.score_names])
-        self.thresholds = dict(zip(self.score_names, values.tolist(), strict=True))
-
+    # the module's own, reading only thresholds, score_names, hparams and unknown_label
+    threshold_dict = OpenSetModule.threshold_dict
+    set_thresholds = OpenSetModule.set_thresholds
     decide = OpenSetModule.decide
 
 
