@@ -178,7 +178,7 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "- **calibration**: q=0.9 (Quantile)" in (tmp_path / "ev/report.md").read_text()
     # without calibration=, osr.calibrate refits by the checkpoint's rule (quantile 0.9), not
-    # by the train default (mean + 3 std)
+    # by the train default (the conformal rule)
     again = run_calibrate(
         tmp_path / "cal/checkpoints/calibrated.ckpt", tmp_path / "cal2", tiny_data
     )
