@@ -23,6 +23,7 @@ class AutoencoderClassifier(OpenSetModule):
 
     ``net`` is the classifier network's config (``model/net=``, as for the baseline);
     ``classifier`` is the name checkpoints written before this change give it.
+    ``test_padding``: as for the baseline (``Classifier``).
     """
 
     builtin_detectors = ("recon_l2", "binary_diff", "msp", "max_logit", "energy")
@@ -46,6 +47,7 @@ class AutoencoderClassifier(OpenSetModule):
         test_rotations: Sequence[float] = (),
         test_flip: bool = False,
         test_shift: int = 0,
+        test_padding: dict | None = None,
         input_shape: Sequence[int] = (1, 28, 28),
         classifier: dict | None = None,
     ) -> None:
@@ -63,7 +65,7 @@ class AutoencoderClassifier(OpenSetModule):
             voting_scores,
             scheduler,
             detectors,
-            TestViews(test_rotations, test_flip, test_shift),
+            TestViews(test_rotations, test_flip, test_shift, **(plain(test_padding) or {})),
         )
         self.save_hyperparameters(logger=False)
         self.autoencoder = instantiate(autoencoder, input_shape=input_shape)

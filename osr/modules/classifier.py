@@ -20,6 +20,8 @@ class Classifier(OpenSetModule):
     cross-entropy, as checkpoints saved before objectives existed were.
     ``input_shape``: (channels, height, width) of the images, the known DataModule's; the
     network (``model.net``) is built for it.
+    ``test_padding``: the data's ``mean``, ``std`` and ``crop_padding``, so that the test-time
+    views pad as training does (``TestViews``).
     """
 
     builtin_detectors = ("msp", "max_logit", "energy")
@@ -39,6 +41,7 @@ class Classifier(OpenSetModule):
         test_rotations: Sequence[float] = (),
         test_flip: bool = False,
         test_shift: int = 0,
+        test_padding: dict | None = None,
         input_shape: Sequence[int] = (1, 28, 28),
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
@@ -51,7 +54,7 @@ class Classifier(OpenSetModule):
             voting_scores,
             scheduler,
             detectors,
-            TestViews(test_rotations, test_flip, test_shift),
+            TestViews(test_rotations, test_flip, test_shift, **(plain(test_padding) or {})),
         )
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names), input_shape=input_shape)
