@@ -1,18 +1,18 @@
 """Open-set metrics: closed-set and (K+1)-way accuracy at the calibrated thresholds, and
-threshold-free separation of known and OOD images per score (torchmetrics underneath)."""
+threshold-free separation of known and OOD images per score, from the scores' exact ranks
+(their magnitude never matters: 1e17 and inf rank as any other largest score)."""
 
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_roc,
     multiclass_accuracy,
     multiclass_confusion_matrix,
     multiclass_f1_score,
 )
+
+from osr.utils.errors import OSRError
 
 TPR_LEVEL = 0.95
 
@@ -27,25 +27,72 @@ class SetOutputs:
     predictions: Tensor
 
 
+def check_no_nan(scores: Tensor, detector: str, set_name: str) -> None:
+    """Raise when a score is NaN: it has no rank, so no figure of the detector would mean
+    anything."""
+    nan = scores.isnan()
+    if nan.any():
+        raise OSRError(
+            f"detector {detector!r} gave NaN for {int(nan.sum())} of the {len(scores)} images "
+            f"of {set_name!r} (the first at index {int(nan.nonzero()[0])}): a NaN score has no "
+            "rank, so its separation figures would mean nothing. Fix the detector (a 0/0 or "
+            "inf - inf in it) or leave it out of detectors."
+        )
+
+
+def _counts_per_value(
+    known: Tensor, ood: Tensor, known_weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """For each distinct score of either set, in increasing order, how many known images (or
+    the sum of ``known_weights`` over them) and how many OOD images have it: all that a figure
+    made of ranks reads of the scores. Tied images share one value, as sklearn's curves
+    treat ties."""
+    scores = torch.cat([known, ood])
+    if scores.isnan().any():
+        raise OSRError(
+            "a NaN score has no rank: separation figures and OSCR need scores without NaN "
+            "(open_set_metrics names the detector and set that gave one)"
+        )
+    _, value = torch.unique(scores, return_inverse=True)
+    size = int(value.max()) + 1
+    weights = None if known_weights is None else known_weights.double()
+    k = torch.bincount(value[: len(known)], weights=weights, minlength=size).double()
+    o = torch.bincount(value[len(known) :], minlength=size).double()
+    return k, o
+
+
+def _ordered_pairs(lower: Tensor, higher: Tensor) -> Tensor:
+    """How many pairs (a, b) of an image a counted in ``lower`` and an image b counted in
+    ``higher`` (counts per value, in increasing order) have a below b, a tie counting one
+    half."""
+    return (higher * (lower.cumsum(0) - lower / 2)).sum()
+
+
+def _average_precision(positive: Tensor, negative: Tensor) -> Tensor:
+    """sklearn's average precision from counts per value, the most positive value first:
+    the precision at each value's threshold, weighted by the recall it adds."""
+    tp, fp = positive.cumsum(0), negative.cumsum(0)
+    return (positive * tp / (tp + fp)).sum() / positive.sum()
+
+
 def separation(known: Tensor, ood: Tensor) -> dict[str, float]:
-    """AUROC, AUPR-In, AUPR-Out and FPR at 95% TPR of a score (higher = more unknown).
+    """AUROC, AUPR-In, AUPR-Out and FPR at 95% TPR of a score (higher = more unknown), NaN
+    when a set is empty; a NaN score raises.
 
     AUROC and AUPR-Out treat OOD as positive; AUPR-In treats known as positive (scored by
     the negated score). FPR95 is the fraction of OOD images accepted as known at the
-    threshold that accepts 95% of known images.
+    threshold that accepts 95% of known images (accepted: score at most the threshold).
     """
-    scores = torch.cat([known, ood]).double()
-    # torchmetrics reads values outside [0, 1] as logits and squashes them with a sigmoid,
-    # which ties large scores; an increasing affine map into [0, 1] keeps their order.
-    lo, hi = scores.min(), scores.max()
-    scores = (scores - lo) / (hi - lo) if hi > lo else torch.zeros_like(scores)
-    is_ood = torch.cat([torch.zeros_like(known), torch.ones_like(ood)]).long()
-    fpr, tpr, _ = binary_roc(-scores, 1 - is_ood)  # known positive: accepted = known
+    if not len(known) or not len(ood):
+        return dict.fromkeys(("auroc", "aupr_in", "aupr_out", "fpr95"), float("nan"))
+    k, o = _counts_per_value(known, ood)
+    tpr = k.cumsum(0) / len(known)  # accepted as known at each value
+    at_level = torch.searchsorted(tpr, torch.tensor(TPR_LEVEL, dtype=tpr.dtype))
     return {
-        "auroc": binary_auroc(scores, is_ood).item(),
-        "aupr_in": binary_average_precision(-scores, 1 - is_ood).item(),
-        "aupr_out": binary_average_precision(scores, is_ood).item(),
-        "fpr95": fpr[tpr >= TPR_LEVEL].min().item(),
+        "auroc": (_ordered_pairs(k, o) / (len(known) * len(ood))).item(),
+        "aupr_in": _average_precision(k, o).item(),
+        "aupr_out": _average_precision(o.flip(0), k.flip(0)).item(),
+        "fpr95": (o.cumsum(0)[at_level] / len(ood)).item(),
     }
 
 
@@ -53,22 +100,18 @@ def oscr(known: Tensor, correct: Tensor, ood: Tensor) -> float:
     """Open-set classification rate (Dhamija et al., 2018): the area under CCR(t) against
     FPR(t) over every threshold t, an image being accepted as known when its score is at most
     t. CCR(t) is the fraction of known images accepted and correctly classified
-    (``correct``), FPR(t) the fraction of OOD images accepted.
+    (``correct``), FPR(t) the fraction of OOD images accepted. NaN when a set is empty; a NaN
+    score raises.
 
     Images with equal scores are accepted together, so across a tie between a correct known
     image and an OOD image the curve moves diagonally (the trapezoid rule): each such pair
-    counts one half, as in AUROC. Hence OSCR = accuracy x AUROC(correct known vs OOD).
+    counts one half, as in AUROC. Hence OSCR = accuracy x AUROC(correct known vs OOD), the
+    area computed as that count of pairs.
     """
     if not len(known) or not len(ood):
         return float("nan")
-    known, ood = known.double(), ood.double()
-    thresholds = torch.cat([known, ood]).unique()  # sorted
-    accepted_correct = torch.searchsorted(known[correct].sort().values, thresholds, right=True)
-    accepted_ood = torch.searchsorted(ood.sort().values, thresholds, right=True)
-    zero = torch.zeros(1, dtype=torch.float64)
-    ccr = torch.cat([zero, accepted_correct.double() / len(known)])
-    fpr = torch.cat([zero, accepted_ood.double() / len(ood)])
-    return torch.trapezoid(ccr, fpr).item()
+    k, o = _counts_per_value(known, ood, known_weights=correct)
+    return (_ordered_pairs(k, o) / (len(known) * len(ood))).item()
 
 
 def open_set_metrics(
@@ -76,6 +119,9 @@ def open_set_metrics(
 ) -> dict[str, object]:
     """The ``metrics.json`` contract (see README): flat keys; fractions in [0, 1] except the
     thresholds (in each score's units), the image counts and the confusion matrix."""
+    for name, out in outputs.items():
+        for score, values in out.scores.items():
+            check_no_nan(values, score, name)
     unknown = num_classes
     known = outputs[known_set]
     ood_sets = {name: out for name, out in outputs.items() if name != known_set}
