@@ -1,6 +1,6 @@
-"""Figures that depend on the scores' order alone: the separation figures and OSCR from exact
-ranks, whatever the scores' magnitude (infinities included), a NaN score an error naming its
-detector and set."""
+"""Figures and decisions that depend on the scores' order alone: the separation figures and
+OSCR from exact ranks, whatever the scores' magnitude (infinities included), a NaN score an
+error naming its detector and set; a NaN score rejected."""
 
 import math
 
@@ -10,8 +10,11 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor
 
+from osr.modules import Classifier
+from osr.scoring.conformal import Conformal, operating_curve
 from osr.scoring.metrics import SetOutputs, open_set_metrics, oscr, separation
 from osr.utils.errors import OSRError
+from tests.test_models import CLASSES, OPTIMIZER
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -105,3 +108,28 @@ def test_a_nan_score_is_an_error_naming_its_detector_and_set(nan_in):
         separation(known, ood)
     with pytest.raises(OSRError, match="NaN"):
         oscr(known, torch.ones(3, dtype=torch.bool), ood)
+
+
+def classifier(voting: list[str]) -> Classifier:
+    """Detectors msp, max_logit and energy; ``voting`` of them vote."""
+    return Classifier({"_target_": "osr.models.ConvNet"}, OPTIMIZER, CLASSES, voting)
+
+
+def test_a_nan_voting_score_rejects():
+    module = classifier(["msp", "energy"])
+    module.set_thresholds({"msp": 0.5, "max_logit": 0.5, "energy": 0.5})
+    nan = math.nan
+    scores = {
+        "msp": torch.tensor([0.1, nan, 0.1, 0.9]),
+        "energy": torch.tensor([0.1, 0.1, nan, 0.1]),
+        "max_logit": torch.full((4,), nan),  # not voting: no effect
+    }
+    labels = module.decide(torch.eye(10)[:4], scores)
+    assert labels.tolist() == [0, module.unknown_label, module.unknown_label, module.unknown_label]
+
+
+def test_the_operating_curve_counts_a_nan_score_as_rejected():
+    validation = {"s": torch.arange(100.0)}  # alpha = 0.1 keeps 91 of them: threshold 90
+    sets = {"mnist": {"s": torch.tensor([0.0, math.nan, 50.0, 95.0])}}
+    curve = operating_curve(Conformal(), validation, sets, alphas=(0.1,))
+    assert curve["rows"][0]["rejected"]["mnist"] == 0.5

@@ -198,8 +198,9 @@ def operating_curve(
             continue
         rejected = {}
         for name, scores in sets.items():
-            votes = torch.stack([scores[s] > thresholds[s] for s in validation])
-            rejected[name] = votes.any(0).double().mean().item()
+            # OpenSetModule.decide's rule: a NaN score, never at most its threshold, rejects
+            votes = [~(scores[s] <= thresholds[s]) for s in validation]
+            rejected[name] = torch.stack(votes).any(0).double().mean().item()
         rows.append({"alpha": alpha, "rejected": rejected})
     return {
         "rule": {k: v for k, v in asdict(rule).items() if k != "alpha"},
