@@ -1,6 +1,7 @@
 """Figures and decisions that depend on the scores' order alone: the separation figures and
 OSCR from exact ranks, whatever the scores' magnitude (infinities included), a NaN score an
-error naming its detector and set; a NaN score rejected."""
+error naming its detector and set; a NaN score rejected; the conformal rule's kept count
+exact for float64 scores too."""
 
 import math
 
@@ -133,3 +134,22 @@ def test_the_operating_curve_counts_a_nan_score_as_rejected():
     sets = {"mnist": {"s": torch.tensor([0.0, math.nan, 50.0, 95.0])}}
     curve = operating_curve(Conformal(), validation, sets, alphas=(0.1,))
     assert curve["rows"][0]["rejected"]["mnist"] == 0.5
+
+
+@pytest.mark.parametrize("voting", [["msp"], ["msp", "energy"]])
+def test_float64_scores_keep_exactly_the_conformal_count(voting):
+    """Scores that float32 thresholds cannot hold exactly: unless fitting and deciding both
+    read them as float32, the image that sets the threshold can fall on the wrong side."""
+    module = classifier(voting)
+    n, g = 200, torch.Generator().manual_seed(0)
+    for draw in range(20):
+        scores = {s: torch.randn(n, generator=g, dtype=torch.float64) for s in module.score_names}
+        rule = Conformal(alpha=0.1, seed=draw)
+        thresholds, record = rule.fit_union_record({s: scores[s] for s in voting})
+        # the threshold part: the images that set the union's threshold (all, for one detector)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(draw))
+        part = order[n - record["threshold_part"] :]
+        module.set_thresholds({s: math.inf for s in module.score_names} | thresholds)
+        for given in (None, thresholds):  # as calibrated; as cross-fitted
+            kept = module.decide(torch.zeros(n, 10), scores, given) != module.unknown_label
+            assert kept[part].sum().item() == record["rank"], (draw, given)

@@ -304,7 +304,8 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         thresholds: Mapping[str, float] | None = None,
     ) -> Tensor:
         """Labels in 0..K: UNKNOWN (K) when any voting score exceeds its threshold or is NaN
-        (the module's calibrated thresholds unless ``thresholds`` are given)."""
+        (the module's calibrated thresholds unless ``thresholds`` are given). Scores are
+        compared as float32, as the thresholds were fitted (``osr.scoring.thresholds``)."""
         if thresholds is None:
             if not self.is_calibrated:
                 raise NotCalibratedError(
@@ -317,7 +318,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         labels = logits.argmax(dim=1)
         rejected = torch.zeros_like(labels, dtype=torch.bool)
         for name in self.hparams.voting_scores:
-            rejected |= ~(scores[name] <= thresholds[name])  # NaN: never <=
+            rejected |= ~(scores[name].float() <= thresholds[name])  # NaN: never <=
         return torch.where(rejected, torch.full_like(labels, self.unknown_label), labels)
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from osr.scoring.thresholds import decision_values
 from osr.utils.errors import OSRError
 
 GUARANTEE = (
@@ -136,12 +137,13 @@ class Conformal:
             )
 
     def fit(self, scores: Tensor) -> float:
-        return _kth_smallest(scores, conformal_rank(len(scores), self.alpha))
+        return _kth_smallest(decision_values(scores), conformal_rank(len(scores), self.alpha))
 
     def fit_union_record(
         self, scores: Mapping[str, Tensor]
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """The voting detectors' thresholds and how they were fitted (for thresholds.json)."""
+        scores = {name: decision_values(values) for name, values in scores.items()}
         n = len(next(iter(scores.values())))
         record: dict[str, Any] = {"alpha": self.alpha, "guarantee": GUARANTEE}
         if len(scores) == 1:
@@ -199,7 +201,7 @@ def operating_curve(
         rejected = {}
         for name, scores in sets.items():
             # OpenSetModule.decide's rule: a NaN score, never at most its threshold, rejects
-            votes = [~(scores[s] <= thresholds[s]) for s in validation]
+            votes = [~(decision_values(scores[s]) <= thresholds[s]) for s in validation]
             rejected[name] = torch.stack(votes).any(0).double().mean().item()
         rows.append({"alpha": alpha, "rejected": rejected})
     return {

@@ -24,6 +24,14 @@ from osr.utils.errors import OSRError
 log = logging.getLogger(__name__)
 
 
+def decision_values(scores: Tensor) -> Tensor:
+    """The scores as ``OpenSetModule.decide`` compares them with the thresholds: float32.
+    Every rule fits on these, so that the images a fit counts as kept are kept when decided
+    (a float64 score can lie between two float32 values, on the wrong side of a float32
+    threshold)."""
+    return scores.float()
+
+
 class ThresholdRule(Protocol):
     name: str
 
@@ -55,7 +63,7 @@ class MeanStd(PerScoreRule):
     name: str = "mean_std"
 
     def fit(self, scores: Tensor) -> float:
-        s = scores.double()
+        s = decision_values(scores).double()
         return (s.mean() + self.k * s.std(correction=0)).item()
 
 
@@ -71,7 +79,7 @@ class Quantile(PerScoreRule):
             raise OSRError(f"calibration.q={self.q} must lie in (0, 1], e.g. calibration.q=0.95")
 
     def fit(self, scores: Tensor) -> float:
-        return torch.quantile(scores.double(), self.q).item()
+        return torch.quantile(decision_values(scores).double(), self.q).item()
 
 
 def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, dict[str, float]]:
