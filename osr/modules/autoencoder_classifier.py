@@ -57,7 +57,7 @@ class AutoencoderClassifier(OpenSetModule):
         autoencoder = plain(autoencoder)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
-        detectors, objective = plain(detectors), plain(objective)
+        detectors, objective, test_padding = plain(detectors), plain(objective), plain(test_padding)
         test_rotations, input_shape = list(plain(test_rotations)), tuple(plain(input_shape))
         super().__init__(
             optimizer,
@@ -65,7 +65,7 @@ class AutoencoderClassifier(OpenSetModule):
             voting_scores,
             scheduler,
             detectors,
-            TestViews(test_rotations, test_flip, test_shift, **(plain(test_padding) or {})),
+            TestViews(test_rotations, test_flip, test_shift, **(test_padding or {})),
         )
         self.save_hyperparameters(logger=False)
         self.autoencoder = instantiate(autoencoder, input_shape=input_shape)

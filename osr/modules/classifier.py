@@ -46,7 +46,7 @@ class Classifier(OpenSetModule):
     ) -> None:
         net, optimizer, scheduler = plain(net), plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
-        detectors, objective = plain(detectors), plain(objective)
+        detectors, objective, test_padding = plain(detectors), plain(objective), plain(test_padding)
         test_rotations, input_shape = list(plain(test_rotations)), tuple(plain(input_shape))
         super().__init__(
             optimizer,
@@ -54,7 +54,7 @@ class Classifier(OpenSetModule):
             voting_scores,
             scheduler,
             detectors,
-            TestViews(test_rotations, test_flip, test_shift, **(plain(test_padding) or {})),
+            TestViews(test_rotations, test_flip, test_shift, **(test_padding or {})),
         )
         self.save_hyperparameters(logger=False)
         self.net = instantiate(net, num_classes=len(class_names), input_shape=input_shape)
