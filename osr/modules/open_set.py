@@ -31,6 +31,7 @@ from osr.utils.errors import NotCalibratedError, OSRError
 
 THRESHOLDS_KEY = "osr_thresholds"  # checkpoint key of the calibrated thresholds, by detector
 DETECTORS_KEY = "osr_detectors"  # checkpoint key of the detectors' fitted state, by detector
+OBJECTIVE_KEY = "osr_objective"  # checkpoint key of what the objective fitted after training
 # no NaN checks: each would wait for the device every step
 mean_metric = partial(MeanMetric, nan_strategy="disable")
 
@@ -270,18 +271,24 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         self.thresholds = dict(zip(self.score_names, values.tolist(), strict=True))
 
     def open_set_state(self) -> dict[str, Any]:
-        """Thresholds and fitted detector state: plain floats and tensors for a checkpoint."""
+        """Thresholds, fitted detector state and what the objective fitted after training:
+        plain floats and tensors for a checkpoint."""
         fitted = {
             name: d.fitted_state()
             for name, d in self.detectors.items()
             if d.requires_fit and d.is_fitted
         }
-        return {THRESHOLDS_KEY: dict(self.thresholds), DETECTORS_KEY: fitted}
+        return {
+            THRESHOLDS_KEY: dict(self.thresholds),
+            DETECTORS_KEY: fitted,
+            OBJECTIVE_KEY: self.objective.fitted_state(),
+        }
 
     def load_open_set_state(self, checkpoint: dict[str, Any]) -> None:
-        """Take thresholds and fitted detector state from a checkpoint; one written before
-        thresholds were kept by name holds a ``thresholds`` tensor in its ``state_dict``
-        instead, aligned with ``builtin_detectors`` (it is moved out of the ``state_dict``)."""
+        """Take thresholds, fitted detector and objective state from a checkpoint (none of the
+        objective: not fitted). One written before thresholds were kept by name holds a
+        ``thresholds`` tensor in its ``state_dict`` instead, aligned with
+        ``builtin_detectors`` (it is moved out of the ``state_dict``)."""
         legacy = checkpoint["state_dict"].pop("thresholds", None)
         if legacy is not None:
             pairs = zip(self.builtin_detectors, legacy.tolist(), strict=True)
@@ -292,6 +299,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         for name, state in checkpoint.get(DETECTORS_KEY, {}).items():
             if name in self.detectors:
                 self.detectors[name].load_fitted_state(state)
+        self.objective.load_fitted_state(checkpoint.get(OBJECTIVE_KEY, {}))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.update(self.open_set_state())

@@ -1,6 +1,8 @@
 """The objective interface: what a model is trained to minimize, the logits it classifies
 with, and the unknown-ness score that comes with it."""
 
+from collections.abc import Mapping
+
 from torch import Tensor, nn
 
 from osr.utils.errors import OSRError
@@ -39,7 +41,9 @@ class Objective(nn.Module):
       or softmax, which ``max_logit`` and ``msp`` already give.
 
     Parameters and buffers of an objective are the module's: trained by its optimizer, saved
-    in its ``state_dict``. One without any adds no ``state_dict`` keys.
+    in its ``state_dict``. One without any adds no ``state_dict`` keys. What an objective
+    estimates after training (``fit_after_training``) travels beside them in checkpoints
+    (``fitted_state``), as the detectors' fitted state does.
     """
 
     terms: tuple[str, ...] = ()
@@ -69,6 +73,31 @@ class Objective(nn.Module):
 
     def start_epoch(self) -> None:
         """Called at the start of every training epoch (e.g. to restart running estimates)."""
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether what ``logits`` and ``score`` read is ready; False until
+        ``fit_after_training`` for an objective that estimates it after training."""
+        return True
+
+    def fit_after_training(self, features: Tensor, labels: Tensor, head: nn.Linear) -> None:
+        """Estimate what ``logits`` and ``score`` read from the trained networks: called, when
+        ``is_fitted`` is False, with the penultimate features (eval mode) and labels of every
+        image of the known training split, gathered from every DDP rank, before the detectors
+        are fitted on that split (``osr.scoring.outputs.fit_detectors``)."""
+
+    def fitted_state(self) -> dict[str, Tensor]:
+        """What ``fit_after_training`` estimated, as plain tensors for a checkpoint (empty
+        when nothing was)."""
+        return {}
+
+    def load_fitted_state(self, state: Mapping[str, Tensor]) -> None:
+        """Take back what ``fitted_state`` returned (empty: not fitted)."""
+        if state:
+            raise OSRError(
+                f"the checkpoint holds a fitted state {sorted(state)} for "
+                f"{type(self).__name__}, which fits nothing after training."
+            )
 
     def score(self, features: Tensor, logits: Tensor) -> Tensor:
         """One unknown-ness score per image (higher = more unknown)."""

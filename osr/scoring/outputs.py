@@ -44,15 +44,12 @@ def collect_scores(
     )
 
 
-@torch.no_grad()
-def fit_detectors(module: OpenSetModule, datamodule: ImageDataModule) -> list[str]:
-    """Fit the module's detectors that need it and are not fitted yet on the known TRAINING
-    split (never validation, test or OOD data), gathered from all ranks; returns their names.
-    Only what fitting needs of each batch is kept (``fit_needs``)."""
-    to_fit = {n: d for n, d in module.detectors.items() if d.requires_fit and not d.is_fitted}
-    if not to_fit:
-        return []
-    needs = fit_needs(to_fit)
+def _training_outputs(
+    module: OpenSetModule, datamodule: ImageDataModule, needs: frozenset[str]
+) -> ModelOutputs:
+    """The outputs of every image of the known training split (eval mode; only ``needs`` of
+    each batch kept, ``ModelOutputs.keep``) with their labels, gathered from all ranks, in
+    dataset order."""
     loader = datamodule.train_eval_dataloader()
     was_training = module.training
     module.eval()
@@ -68,6 +65,30 @@ def fit_detectors(module: OpenSetModule, datamodule: ImageDataModule) -> list[st
         for name in ("logits", "features", "images", "recon", "labels")
         if getattr(outputs, name) is not None
     }
+    return replace(outputs, **gathered)
+
+
+@torch.no_grad()
+def fit_detectors(module: OpenSetModule, datamodule: ImageDataModule) -> list[str]:
+    """Fit the module's detectors that need it and are not fitted yet on the known TRAINING
+    split (never validation, test or OOD data), gathered from all ranks; returns their names.
+    Only what fitting needs of each batch is kept (``fit_needs``).
+
+    An objective that estimates what its logits read after training (II loss's class means)
+    is fitted first, on the same pass; the detectors that read the logits are then fitted on
+    a pass of their own, with the logits it changed."""
+    to_fit = {n: d for n, d in module.detectors.items() if d.requires_fit and not d.is_fitted}
+    objective = module.objective
+    fit_objective = not objective.is_fitted
+    if not to_fit and not fit_objective:
+        return []
+    needs = fit_needs(to_fit)
+    kept = needs | {"features"} if fit_objective else needs
+    outputs = _training_outputs(module, datamodule, kept)
+    if fit_objective:
+        objective.fit_after_training(outputs.features, outputs.labels, module.classifier_net.head)
+        if "logits" in needs:
+            outputs = _training_outputs(module, datamodule, needs)
     for detector in to_fit.values():
-        detector.fit(replace(outputs, **gathered))
+        detector.fit(outputs)
     return list(to_fit)
