@@ -73,11 +73,15 @@ class Decoder(nn.Module):
         # With few output channels that conv is a per-channel (depthwise) conv, one group per
         # input channel, summed over the input channels: the form oneDNN runs fastest on CPU
         # (one output channel: forward and backward about 1.7x faster than the dense conv,
-        # which is itself about 4x faster than ConvTranspose2d).
-        x = F.relu(self.unpooled(z, indices))
+        # which is itself about 4x faster than ConvTranspose2d). That holds in NHWC only: in
+        # NCHW oneDNN's depthwise backward is 2-3x slower, and max-unpooling hands back NCHW,
+        # so input and kernel are put in channels_last here (whatever the module's format).
+        nhwc = torch.channels_last
+        x = F.relu(self.unpooled(z, indices)).contiguous(memory_format=nhwc)
         channels, out_channels, k, _ = self.deconv.weight.shape
         padding = k - 1 - self.deconv.padding[0]
         weight = self.deconv.weight.flip(-2, -1).reshape(channels * out_channels, 1, k, k)
+        weight = weight.contiguous(memory_format=nhwc)
         per_channel = F.conv2d(x, weight, padding=padding, groups=channels)
         if out_channels > 1:
             per_channel = per_channel.unflatten(1, (channels, out_channels))
