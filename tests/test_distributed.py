@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
@@ -37,8 +38,6 @@ def test_ddp_training_evaluates_like_one_process(tiny_data: Path, tmp_path: Path
         f"ckpt_path={ddp / 'checkpoints' / 'best.ckpt'}",
         f"hydra.run.dir={one}",
         "device=cpu",
-        "ood.sets.fashion_mnist.download=false",
-        "ood.sets.cifar10.download=false",
         "report.tsne_points=60",
         *sets,
     )
@@ -52,10 +51,14 @@ def test_ddp_training_evaluates_like_one_process(tiny_data: Path, tmp_path: Path
             assert got[key] == pytest.approx(value, abs=1e-6), key
         else:
             assert got[key] == value, key
-    # the plots show the same images with the same labels and decisions: gathered outputs
-    # are back in dataset order
-    for plot in ("reconstructions", "tsne", "confusion_matrix"):
-        assert (ddp / "plots" / f"{plot}.png").read_bytes() == (
-            one / "plots" / f"{plot}.png"
-        ).read_bytes(), plot
+    # the plots show the same images with the same labels and decisions (gathered outputs
+    # are back in dataset order): compared by the arrays plotted, never by PNG bytes, which
+    # follow matplotlib's version; t-SNE's output is left out, as its gradient sums follow the
+    # thread count, but its input is compared
+    with np.load(one / "plots" / "plotted.npz") as a, np.load(ddp / "plots" / "plotted.npz") as b:
+        assert set(a.files) == set(b.files)
+        assert {"confusion_matrix", "reconstructions.recon", "tsne.latents"} <= set(a.files)
+        for key in sorted(set(a.files) - {"tsne.embedding"}):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        assert a["tsne.embedding"].shape == b["tsne.embedding"].shape
     assert (ddp / "report.md").is_file()

@@ -49,9 +49,16 @@ def make_plots(
     tsne_points: int,
     recon_examples: int,
 ) -> dict[str, Path]:
+    """Draw the run's figures into ``out_dir`` and save the arrays they plot (confusion
+    counts, the reconstruction grid, t-SNE's input and output) in ``out_dir/plotted.npz``, to
+    redraw or compare them: a figure's PNG bytes depend on library versions and thread counts,
+    its arrays do not."""
     module.eval()
     names = list(module.hparams.class_names)
     outputs = evaluation.outputs
+    plotted: dict[str, np.ndarray] = {
+        "confusion_matrix": np.asarray(evaluation.metrics["open_set.confusion_matrix"])
+    }
     made = {
         "confusion_matrix": plots.confusion_matrix(
             evaluation.metrics["open_set.confusion_matrix"], names, out_dir / "confusion_matrix.png"
@@ -70,6 +77,10 @@ def make_plots(
             evaluation.operating_curve, evaluation.known_set, out_dir / "operating_curve.png"
         )
     if history:
+        keys = sorted({key for epoch in history for key in epoch})
+        plotted.update(
+            {f"training_curves.{k}": np.array([e.get(k, np.nan) for e in history]) for k in keys}
+        )
         made["training_curves"] = plots.training_curves(history, out_dir / "training_curves.png")
 
     g = torch.Generator().manual_seed(seed)
@@ -85,13 +96,15 @@ def make_plots(
             for name, idx in picks.items()
             for t, p in zip(outputs[name].labels[idx], outputs[name].predictions[idx], strict=True)
         ]
+        grid = {
+            "images": images.cpu(),
+            "recon": recon.cpu(),
+            "binary_images": otsu_binarize(images).cpu(),
+            "binary_recon": otsu_binarize(recon).cpu(),
+        }
+        plotted.update({f"reconstructions.{k}": v.float().numpy() for k, v in grid.items()})
         made["reconstructions"] = plots.reconstructions(
-            images.cpu(),
-            recon.cpu(),
-            otsu_binarize(images).cpu(),
-            otsu_binarize(recon).cpu(),
-            titles,
-            out_dir / "reconstructions.png",
+            **grid, titles=titles, path=out_dir / "reconstructions.png"
         )
     if hasattr(module, "encode") and tsne_points > 0:
         per_set = max(1, tsne_points // len(outputs))
@@ -106,7 +119,11 @@ def make_plots(
         embedded = TSNE(
             n_components=2, init="pca", random_state=seed, perplexity=min(30, len(latents) - 1)
         ).fit_transform(latents.cpu().double().numpy())
+        plotted["tsne.latents"] = latents.cpu().float().numpy()
+        plotted["tsne.predictions"] = predicted.numpy()
+        plotted["tsne.embedding"] = embedded
         made["tsne"] = plots.tsne(embedded, predicted.numpy(), names, out_dir / "tsne.png")
+    atomic_write(out_dir / "plotted.npz", lambda f: np.savez_compressed(f, **plotted))
     return made
 
 
