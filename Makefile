@@ -1,8 +1,13 @@
 # Two commands do all the set-up on a fresh clone: `make train` and `make test`.
-# Both create .venv when missing, install the project into it, then run.
+# Both create .venv when missing, install the project into it at the exact versions of
+# requirements.lock (those the suite last passed with), then run.
+# `make lock` re-resolves the newest releases pyproject.toml admits into requirements.lock;
+# upgrading is `make lock && make test`, and committing the lock when the suite passes.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+LOCK := requirements.lock
+EXTRAS := .[dev,sweep,cluster]
 
 # Offline mirror beside the checkout (see ../shared/data/README.md).
 ifeq ($(origin OSR_DATA_DIR),undefined)
@@ -11,7 +16,7 @@ export OSR_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: train test install lint
+.PHONY: train test install lint lock
 train: $(VENV)/.installed
 	$(PY) -m osr.train model=mlae $(ARGS)
 
@@ -24,7 +29,17 @@ lint: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,sweep,cluster]"
+	$(PY) -m pip install --quiet --constraint $(LOCK) -e "$(EXTRAS)"
 	touch $@
+
+# A throwaway environment takes the newest releases the ranges admit; its freeze is the lock.
+lock:
+	rm -rf .lock-venv
+	python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet -e "$(EXTRAS)"
+	{ echo "# make lock, $$(date -u +%F), Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version(), platform.machine())')"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .lock-venv
