@@ -1,11 +1,12 @@
-"""The run's resolved config in every checkpoint."""
+"""The run's resolved config, and the osr version and format that wrote it, in every
+checkpoint."""
 
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from osr.utils.checkpoints import CONFIG_KEY
+from osr.utils.migrations import CONFIG_KEY, stamp
 
 
 class StoreRunConfig(Callback):
@@ -19,3 +20,4 @@ class StoreRunConfig(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        stamp(checkpoint)

@@ -1,4 +1,5 @@
-"""Reading and rewriting checkpoints safely (``weights_only=True``, atomic writes)."""
+"""Reading and rewriting checkpoints safely (``weights_only=True``, atomic writes); what is read
+is in today's format (``osr.utils.migrations``), what is written records it."""
 
 import pickle
 from pathlib import Path
@@ -13,8 +14,8 @@ from torch import Tensor
 from osr.utils.config import plain
 from osr.utils.errors import CheckpointError
 from osr.utils.io import atomic_write
+from osr.utils.migrations import CONFIG_KEY, migrate, stamp
 
-CONFIG_KEY = "osr_config"
 NO_CONFIG = (
     "the checkpoint holds no osr run configuration (it was not written by osr.train); "
     "pass a checkpoint from an osr run directory."
@@ -22,7 +23,8 @@ NO_CONFIG = (
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU without running any code stored in it."""
+    """Load a checkpoint on the CPU without running any code stored in it, brought to today's
+    format if an older osr wrote it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<path to .ckpt>.")
@@ -42,10 +44,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict).")
-    return ckpt
+    try:
+        return migrate(ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
+    stamp(ckpt)
     return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
@@ -69,7 +75,6 @@ def write_thresholds(path: str | Path, module: pl.LightningModule) -> bool:
         for name, tensor in weights.items()
     ):
         return False
-    saved.pop("thresholds", None)  # a checkpoint from before thresholds were kept by name
     ckpt.update(cpu_tensors(module.open_set_state()))
     save_checkpoint(ckpt, path)
     return True
@@ -96,7 +101,7 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
     module = instantiate(
         config["model"],
         class_names=hparams["class_names"],
-        input_shape=hparams.get("input_shape", (1, 28, 28)),  # older checkpoints: digits
+        input_shape=hparams["input_shape"],
         detectors=config.get("detectors"),
     )
     module.load_open_set_state(ckpt)
