@@ -10,7 +10,6 @@ from osr.detectors import ModelOutputs
 from osr.modules.open_set import OpenSetModule
 from osr.modules.views import TestViews
 from osr.utils.config import plain
-from osr.utils.errors import OSRError
 
 
 class AutoencoderClassifier(OpenSetModule):
@@ -21,8 +20,8 @@ class AutoencoderClassifier(OpenSetModule):
     reconstruction error is what says UNKNOWN. Both networks are built for ``input_shape``
     (channels, height, width), the known DataModule's: the decoder reconstructs that shape.
 
-    ``net`` is the classifier network's config (``model/net=``, as for the baseline);
-    ``classifier`` is the name checkpoints written before this change give it.
+    ``net`` is the classifier network's config (``model/net=``, as for the baseline; older
+    checkpoints' ``classifier``, renamed by ``osr.utils.migrations``).
     ``test_padding``: as for the baseline (``Classifier``).
     """
 
@@ -33,7 +32,7 @@ class AutoencoderClassifier(OpenSetModule):
     def __init__(
         self,
         autoencoder: dict,
-        net: dict | None,
+        net: dict,
         optimizer: dict,
         class_names: list[str],
         voting_scores: list[str] = ("recon_l2", "binary_diff"),
@@ -49,12 +48,8 @@ class AutoencoderClassifier(OpenSetModule):
         test_shift: int = 0,
         test_padding: dict | None = None,
         input_shape: Sequence[int] = (1, 28, 28),
-        classifier: dict | None = None,
     ) -> None:
-        net = plain(net if net is not None else classifier)
-        if net is None:
-            raise OSRError("model.net: the classifier network's config is missing.")
-        autoencoder = plain(autoencoder)
+        net, autoencoder = plain(net), plain(autoencoder)
         optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names, voting_scores = list(class_names), list(plain(voting_scores))
         detectors, objective, test_padding = plain(detectors), plain(objective), plain(test_padding)
