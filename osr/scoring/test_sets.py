@@ -1,5 +1,6 @@
 """Evaluation: the known test split and every OOD set through the calibrated model."""
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,12 @@ from osr.scoring.metrics import SetOutputs, open_set_metrics
 from osr.scoring.outputs import collect_scores
 from osr.utils.errors import OSRError
 
+log = logging.getLogger(__name__)
+
 IN_DISTRIBUTION = "in_distribution"
 OWN = "own"
+
+Loader = tuple[ImageDataModule, DataLoader]
 
 
 @dataclass
@@ -24,8 +29,24 @@ class Evaluation:
     metrics: dict[str, Any]
     outputs: dict[str, SetOutputs]
     known_set: str
-    sets: dict[str, tuple[ImageDataModule, DataLoader]]
+    sets: dict[str, Loader]
     operating_curve: dict[str, Any]
+
+
+@dataclass
+class EvaluationSets:
+    """The sets an evaluation scores, by role: the known test split, the held-out classes'
+    test images and the OOD sets. Their names are distinct (``distinct_oods``), so the
+    name-keyed view that metrics.json and scores.npz follow never lets one replace another."""
+
+    known_name: str
+    known: Loader
+    held_out: dict[str, Loader]
+    ood: dict[str, Loader]
+
+    def by_name(self) -> dict[str, Loader]:
+        """Known test split first, then held-out classes, then the OOD sets."""
+        return {self.known_name: self.known, **self.held_out, **self.ood}
 
 
 def ood_datamodules(
@@ -60,28 +81,56 @@ def ood_datamodules(
     return oods
 
 
-def evaluation_loaders(
+def distinct_oods(
     known: ImageDataModule, oods: dict[str, ImageDataModule]
-) -> dict[str, tuple[ImageDataModule, DataLoader]]:
-    """Known test split first, then held-out classes, then the OOD sets."""
+) -> dict[str, ImageDataModule]:
+    """``oods`` less any copy of the known dataset: its test images are the known test split
+    and its held-out classes, never OOD images, so such a set is left out (logged). A set of
+    another dataset named like the known test split or its held-out classes is refused, as its
+    figures would be filed under theirs."""
+    reserved = (known.name, f"{known.name}_unknown")  # the held-out classes' set name
+    kept = {}
+    for name, dm in oods.items():
+        if dm.source_name == known.source_name:
+            log.warning(
+                "OOD set %s is %s, the known dataset: left out (its test images are the known "
+                "test split, not OOD images)",
+                name,
+                known.source_name,
+            )
+        elif name in reserved:
+            raise OSRError(
+                f"ood.sets.{name} ({dm.source_name}) is named like the known {known.name} test "
+                f"split or its held-out classes ({' or '.join(reserved)}); rename it in the ood "
+                "config."
+            )
+        else:
+            kept[name] = dm
+    return kept
+
+
+def evaluation_loaders(known: ImageDataModule, oods: dict[str, ImageDataModule]) -> EvaluationSets:
+    """The known test split, its held-out classes and the OOD sets other than the known
+    dataset (``distinct_oods``), set up with their test loaders."""
+    oods = distinct_oods(known, oods)
     known.setup("test")
-    loaders = {known.name: (known, known.test_dataloader())}
-    loaders.update({name: (known, dl) for name, dl in known.unknown_dataloaders().items()})
     trainer = known.trainer
     if trainer is None or trainer.local_rank == 0:  # downloads once per machine
         for dm in oods.values():
             dm.prepare_data()
     if trainer is not None:
         trainer.strategy.barrier("ood_prepare_data")
-    for name, dm in oods.items():
+    for dm in oods.values():
         dm.setup("test")
-        loaders[name] = (dm, dm.test_dataloader())
-    return loaders
+    return EvaluationSets(
+        known_name=known.name,
+        known=(known, known.test_dataloader()),
+        held_out={name: (known, dl) for name, dl in known.unknown_dataloaders().items()},
+        ood={name: (dm, dm.test_dataloader()) for name, dm in oods.items()},
+    )
 
 
-def run_sets(
-    module: OpenSetModule, loaders: dict[str, tuple[ImageDataModule, DataLoader]]
-) -> dict[str, SetOutputs]:
+def run_sets(module: OpenSetModule, loaders: dict[str, Loader]) -> dict[str, SetOutputs]:
     outputs = {}
     for name, (dm, loader) in loaders.items():
         scores, logits, labels = collect_scores(module, dm, loader)
@@ -109,7 +158,7 @@ def evaluate(
     if device is not None:
         module.to(device)
     oods = ood_datamodules(ood_cfg, known)
-    loaders = evaluation_loaders(known, oods)
+    loaders = evaluation_loaders(known, oods).by_name()
     outputs = run_sets(module, loaders)
     metrics = open_set_metrics(outputs, known.name, module.num_classes, module.threshold_dict())
     validation, _, _ = collect_scores(module, known, known.val_dataloader())
