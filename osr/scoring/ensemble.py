@@ -70,13 +70,15 @@ class Ensemble(nn.Module):
             )
         for member, path in zip(members, paths, strict=True):
             unfitted = [
-                name
+                f"detector {name}"
                 for name in self.score_names
                 if member.detectors[name].requires_fit and not member.detectors[name].is_fitted
             ]
+            if not member.objective.is_fitted:
+                unfitted.append(f"objective {type(member.objective).__name__}")
             if unfitted:
                 raise OSRError(
-                    f"ensemble member {path} has unfitted detectors {unfitted}: calibrate it "
+                    f"ensemble member {path} has unfitted {', '.join(unfitted)}: calibrate it "
                     f"first (`python -m osr.calibrate ckpt_path={path}`)."
                 )
         self.detectors: dict[str, Any] = {}  # the members' are fitted; nothing left to fit
@@ -93,6 +95,12 @@ class Ensemble(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.members[0].device
+
+    @property
+    def objective(self) -> Any:
+        """The first member's: fitted, as every member's is, so calibration has nothing to
+        fit (``osr.scoring.outputs.fit_detectors`` asks)."""
+        return self.members[0].objective
 
     def to(self, device: torch.device | str) -> "Ensemble":
         for member in self.members:
