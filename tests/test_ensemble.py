@@ -11,6 +11,7 @@ from omegaconf import open_dict
 
 from osr.scoring.ensemble import check_members
 from osr.train import train
+from osr.utils.config import to_plain
 from osr.utils.errors import OSRError
 from tests.conftest import TINY_TRAINING, run_module
 from tests.test_evaluation import assert_matches, recompute_metrics
@@ -29,8 +30,7 @@ def test_ensemble_scores_are_the_members_mean_and_its_figures_its_own(
     train_cfg, tiny_data, tmp_path
 ):
     a = train_member(train_cfg, tmp_path, "a")
-    # another initialization and data order, the same training/validation split
-    b = train_member(train_cfg, tmp_path, "b", "seed=7", "data.seed=12345")
+    b = train_member(train_cfg, tmp_path, "b", "seed=7")  # another initialization alone
     out = tmp_path / "evaluation"
     done = run_module(
         "osr.evaluate",
@@ -68,9 +68,17 @@ def test_ensemble_scores_are_the_members_mean_and_its_figures_its_own(
     assert "best.ckpt + " in (out / "report.md").read_text()
 
 
+def test_runs_that_differ_in_seed_alone_share_the_split(train_cfg):
+    runs = [to_plain(train_cfg(f"seed={seed}")) for seed in (1, 2)]
+    check_members(runs, ["a.ckpt", "b.ckpt"])  # seed moves initialization, not the split
+    other = {**runs[1], "data": {**runs[1]["data"], "seed": 7}}
+    with pytest.raises(OSRError, match=r"b.ckpt has data.seed=7 .* with data.seed=12345"):
+        check_members([runs[0], other], ["a.ckpt", "b.ckpt"])
+
+
 def test_members_must_share_the_split():
     base = {"data": {"_target_": "osr.data.MNISTDataModule", "known_classes": None}}
-    other = {"data": {**base["data"], "seed": 7}}
-    with pytest.raises(OSRError, match=r"ensemble member b.ckpt has data.seed=7 .*data.seed"):
+    other = {"data": {**base["data"], "val_size": 7}}
+    with pytest.raises(OSRError, match=r"b.ckpt has data.val_size=7 .*with data.val_size=None"):
         check_members([base, other], ["a.ckpt", "b.ckpt"])
     check_members([base, {"data": {**base["data"], "rotate": 5}}], ["a.ckpt", "b.ckpt"])

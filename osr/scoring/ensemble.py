@@ -20,6 +20,10 @@ from osr.utils.errors import OSRError
 
 # the data settings that make two runs' splits the same images (augmentation may differ)
 SPLIT_KEYS = ("_target_", "known_classes", "val_size", "seed", "channels", "image_size")
+HINTS = {
+    "seed": " data.seed (12345 by default) draws the split apart from seed; a run trained when "
+    "it followed seed carries its seed as data.seed."
+}
 
 
 def check_members(configs: Sequence[Mapping[str, Any]], paths: Sequence[str]) -> None:
@@ -33,9 +37,9 @@ def check_members(configs: Sequence[Mapping[str, Any]], paths: Sequence[str]) ->
             if data.get(key) != first.get(key):
                 raise OSRError(
                     f"ensemble member {path} has data.{key}={data.get(key)!r} where "
-                    f"{paths[0]} has {first.get(key)!r}: members must be trained on the same "
-                    "known classes and training/validation split (same data.seed, "
-                    "data.val_size, data.known_classes); retrain it with those settings."
+                    f"{paths[0]} has {first.get(key)!r}: members must share the known classes, "
+                    "the training/validation split and the input normalization. Retrain it "
+                    f"with data.{key}={first.get(key)!r}.{HINTS.get(key, '')}"
                 )
 
 
