@@ -55,8 +55,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate_ensemble(cfg: DictConfig) -> dict[str, Any]:
-    """``ckpt_path`` and the checkpoints of ``ensemble`` scored as one model, calibrated anew
-    on their shared validation split by ``ckpt_path``'s rule (thresholds.json)."""
+    """``ckpt_path`` and the checkpoints of ``ensemble`` scored as one model: the members'
+    scores put on a common scale and the ensemble's thresholds fitted anew by ``ckpt_path``'s
+    rule, both on their shared validation split (thresholds.json)."""
     paths = [str(cfg.ckpt_path), *map(str, cfg.ensemble)]
     ensemble, ckpt = load_ensemble(paths)
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
@@ -65,8 +66,10 @@ def evaluate_ensemble(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt[CONFIG_KEY].get("calibration"):
         raise OSRError(f"{paths[0]} records no calibration rule for the ensemble: retrain it.")
     rule = instantiate(ckpt[CONFIG_KEY]["calibration"])
+    scales = ensemble.fit_scales(datamodule)  # the members' common scale, on the same images
     record = calibrate(ensemble, datamodule, rule)
-    write_json(Path(cfg.paths.output_dir) / "thresholds.json", record | {"ensemble": paths})
+    record |= {"ensemble": paths, "member_scores": scales}
+    write_json(Path(cfg.paths.output_dir) / "thresholds.json", record)
     return _evaluate(cfg, ensemble, datamodule, ckpt, " + ".join(paths), [])
 
 

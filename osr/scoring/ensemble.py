@@ -1,11 +1,18 @@
 """An ensemble of calibrated runs scored as one model (deep ensembles, Lakshminarayanan et
-al., NeurIPS 2017): each detector's score is the mean of the members' scores, the class
-probabilities the mean of the members' softmax. The members keep their own weights, test
-views and fitted detectors; the ensemble gets its own thresholds, fitted by the usual rule
-on the averaged scores of the shared validation split.
+al., NeurIPS 2017). Its class probabilities are the mean of the members' softmax, and its
+logits their log. The members keep their own weights, test views and fitted detectors; the
+ensemble gets its own thresholds, fitted by the usual rule on its scores of the shared
+validation split.
+
+Detectors of the class probabilities alone (``msp``, ``gen``, ``entropy``: they read only the
+logits, are fitted on nothing and ignore a constant added to an image's logits) are computed
+from the mean predictive distribution. Every other detector (``max_logit`` and ``energy``,
+which read the logits' scale that a mean of probabilities lacks: the energy of normalized
+log-probabilities is 0; features, reconstructions, an objective's score) is averaged over the
+members, each member's score first put on a common scale by ``normal_scores``.
 
 It offers what calibration, evaluation and the report read of an ``OpenSetModule``, so
-``calibrate`` and ``evaluate`` (``osr.scoring``) run on it unchanged.
+``calibrate`` and ``evaluate`` (``osr.scoring``) run on it once ``fit_scales`` has run.
 """
 
 from collections.abc import Mapping, Sequence
@@ -14,7 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from osr.data.datamodules import ImageDataModule
+from osr.detectors import Detector, ModelOutputs
 from osr.modules.open_set import OpenSetModule
+from osr.scoring.outputs import collect_scores
 from osr.utils.checkpoints import CONFIG_KEY, module_from_checkpoint, read_checkpoint
 from osr.utils.errors import OSRError
 
@@ -43,10 +53,45 @@ def check_members(configs: Sequence[Mapping[str, Any]], paths: Sequence[str]) ->
                 )
 
 
+def reads_probabilities(detector: Detector, num_classes: int) -> bool:
+    """Whether ``detector`` scores a function of the class probabilities alone: it reads only
+    the logits, is fitted on nothing, and adding a constant to an image's logits leaves its
+    score unchanged (msp, gen, entropy; not max_logit or energy)."""
+    if detector.needs != {"logits"} or detector.requires_fit:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(16, num_classes, generator=generator)
+    shifted = logits + 16 * torch.randn(16, 1, generator=generator)
+    scores = [detector.score(ModelOutputs(logits=z)) for z in (logits, shifted)]
+    return torch.allclose(*scores, rtol=1e-4, atol=1e-5)
+
+
+def normal_scores(calibration: Tensor, scores: Tensor) -> Tensor:
+    """Each member's scores as the standard normal quantile of their mid-rank among the
+    member's sorted validation scores: ``calibration`` (M, n) sorted, ``scores`` (M, B).
+
+    The mid-rank u = (#{below} + #{at or below} + 1) / (2n + 2) is exact with ties and
+    infinite scores, and a known image's u is about uniform whatever the member's objective,
+    scale or offset; on the validation images themselves it is k/(n + 1), so their normal
+    scores are van der Waerden's. Why not the plain mid-rank u: bounded in (0, 1), it would
+    place the mean + 3 * std rule's threshold (experiment=seed_repro) above every score; its
+    normal quantile keeps that rule's meaning. Why not standardization ((s - mean) / std): a
+    member's mean and std describe its known scores' bulk, not the tail where unknown images
+    lie, so a member with tightly packed known scores (a saturated softmax) would still
+    dominate there, and an infinite score breaks it. The price: a score beyond all n
+    validation scores of its member gets the same value (3.9 for n = 10,000) however far
+    beyond it lies; the other members still separate such images.
+    """
+    below = torch.searchsorted(calibration, scores, side="left")
+    at_or_below = torch.searchsorted(calibration, scores, side="right")
+    n = calibration.shape[1]
+    return torch.special.ndtri((below + at_or_below + 1).double() / (2 * n + 2))
+
+
 class Ensemble(nn.Module):
     """Calibrated ``OpenSetModule`` members scored as one model; the first member's class
-    names and voting detectors are the ensemble's, and every detector all members hold is
-    averaged."""
+    names and voting detectors are the ensemble's, and so is every detector all members
+    hold."""
 
     def __init__(self, members: Sequence[OpenSetModule], paths: Sequence[str]) -> None:
         super().__init__()
@@ -85,6 +130,15 @@ class Ensemble(nn.Module):
                     f"ensemble member {path} has unfitted {', '.join(unfitted)}: calibrate it "
                     f"first (`python -m osr.calibrate ckpt_path={path}`)."
                 )
+        # computed from the mean predictive distribution with the first member's detector
+        self.predictive = tuple(
+            name
+            for name in self.score_names
+            if reads_probabilities(first.detectors[name], first.num_classes)
+        )
+        self.averaged = tuple(name for name in self.score_names if name not in self.predictive)
+        # each averaged detector's validation scores, (members, images), sorted: fit_scales
+        self.calibration: dict[str, Tensor] = {}
         self.detectors: dict[str, Any] = {}  # the members' are fitted; nothing left to fit
         self.thresholds: dict[str, float] = {}
 
@@ -109,18 +163,48 @@ class Ensemble(nn.Module):
     def to(self, device: torch.device | str) -> "Ensemble":
         for member in self.members:
             member.to(device)  # LightningModule.to keeps its device attribute in step
+        self.calibration = {name: s.to(device) for name, s in self.calibration.items()}
         return self
 
+    def fit_scales(self, datamodule: ImageDataModule) -> dict[str, Any]:
+        """Keep each member's scores of the validation split (the calibration images, never
+        test or OOD data) for ``normal_scores``; returns what thresholds.json records."""
+        loader = datamodule.val_dataloader()
+        member_scores = [collect_scores(m, datamodule, loader)[0] for m in self.members]
+        self.calibration = {
+            name: torch.stack([s[name].double() for s in member_scores]).sort(dim=1).values
+            for name in self.averaged
+        }
+        return {
+            "mean_probabilities": list(self.predictive),
+            "averaged": list(self.averaged),
+            "scale": "normal quantile of the mid-rank among the member's validation scores",
+            "split": f"{datamodule.name} val",
+            "count": len(member_scores[0][self.score_names[0]]),
+        }
+
     def logits_and_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The log of the members' mean class probabilities, and each detector's mean score."""
-        probabilities, scores = [], {name: [] for name in self.score_names}
+        """The log of the members' mean class probabilities, and each detector's score."""
+        if self.averaged and not self.calibration:
+            raise OSRError(
+                "the ensemble's members are not yet on a common scale: run "
+                "Ensemble.fit_scales(datamodule) on the validation split first."
+            )
+        probabilities, scores = [], {name: [] for name in self.averaged}
         for member in self.members:
             logits, member_scores = member.logits_and_scores(x)
             probabilities.append(logits.float().softmax(dim=1))
-            for name in self.score_names:
-                scores[name].append(member_scores[name])
+            for name in self.averaged:
+                scores[name].append(member_scores[name].double())
         mean = torch.stack(probabilities).mean(dim=0).clamp_min(torch.finfo(torch.float32).tiny)
-        return mean.log(), {name: torch.stack(s).mean(dim=0) for name, s in scores.items()}
+        logits = mean.log()
+        outputs = ModelOutputs(logits=logits)
+        first = self.members[0].detectors
+        ensemble = {name: first[name].score(outputs) for name in self.predictive}
+        for name, values in scores.items():
+            normal = normal_scores(self.calibration[name], torch.stack(values))
+            ensemble[name] = normal.mean(dim=0).float()
+        return logits, {name: ensemble[name] for name in self.score_names}
 
     @property
     def is_calibrated(self) -> bool:
