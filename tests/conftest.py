@@ -110,7 +110,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["OSR_CACHE_DIR"] = before
 
 
-# the OOD sets of the default config (ood=default); other ood configs name theirs
+# the OOD sets of the default config (data=mnist, ood=for/mnist); other ood configs name theirs
 OOD_SETS = ("fashion_mnist", "cifar10")
 TINY_OVERRIDES = [
     "data.val_size=100",
@@ -175,16 +175,18 @@ def train_cfg(tiny_data: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose the real ``train`` config on the tiny data, writing into tmp_path."""
 
     def make(
-        *overrides: str, config_name: str = "train", ood_sets: tuple[str, ...] = OOD_SETS
+        *overrides: str, config_name: str = "train", ood_sets: tuple[str, ...] | None = None
     ) -> DictConfig:
-        """``ood_sets``: the OOD sets the composed config holds (e.g. () with ood=none)."""
+        """``ood_sets``: the OOD sets the composed config holds (e.g. () with ood=none); None
+        for those of the known dataset (ood=for/<data>), found by composing."""
         tiny = [o for o in tiny_overrides(*overrides) if not o.startswith("ood.sets.")]
-        tiny += [f"ood.sets.{name}.download=false" for name in ood_sets]
+        base = [f"paths.data_dir={tiny_data}", *tiny]
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(
-                config_name=config_name,
-                overrides=[f"paths.data_dir={tiny_data}", *tiny, *overrides],
-            )
+            if ood_sets is None:
+                held = compose(config_name=config_name, overrides=[*base, *overrides])
+                ood_sets = tuple((held.get("ood") or {}).get("sets") or ())
+            downloads = [f"ood.sets.{name}.download=false" for name in ood_sets]
+            cfg = compose(config_name=config_name, overrides=[*base, *downloads, *overrides])
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
         return cfg
