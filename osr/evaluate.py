@@ -9,7 +9,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
@@ -31,11 +31,26 @@ from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.evaluate")
 
+# where a dataset's files lie on this machine: evaluate.yaml's, not the checkpoint's
+PATH_KEYS = ("data_dir", "cache_dir")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def ood_config(cfg: DictConfig, ckpt: dict[str, Any]) -> DictConfig:
+    """The OOD sets of ``ood=<name>`` when one is given, else those the checkpoint was trained
+    with, read from this machine's data directories, with the keys set in ``cfg.ood``
+    (``ood.limit``, ``ood.normalization``) replacing the checkpoint's."""
+    if "sets" in cfg.ood:
+        return cfg.ood
+    trained = ckpt[CONFIG_KEY].get("ood") or {}
+    paths = {key: cfg.data[key] for key in PATH_KEYS if key in cfg.data}
+    here = {"sets": {name: paths for name in trained.get("sets") or {}}}
+    return OmegaConf.merge(trained, here, cfg.ood)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
@@ -83,8 +98,9 @@ def _evaluate(
 ) -> dict[str, Any]:
     run_cfg = DictConfig(ckpt["osr_config"])
     rule = curve_rule(ckpt["osr_config"].get("calibration"))
-    evaluation = evaluate(module, datamodule, cfg.ood, resolve_device(cfg.device), rule)
-    run_cfg.ood = cfg.ood
+    ood = ood_config(cfg, ckpt)
+    evaluation = evaluate(module, datamodule, ood, resolve_device(cfg.device), rule)
+    run_cfg.ood = ood
     write_results(
         cfg.paths.output_dir,
         evaluation,

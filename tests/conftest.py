@@ -205,8 +205,6 @@ def evaluate_cfg(tiny_data: Path, tmp_path: Path) -> Callable[..., DictConfig]:
                 overrides=[
                     f"ckpt_path={ckpt}",
                     f"paths.data_dir={tiny_data}",
-                    "ood.sets.fashion_mnist.download=false",
-                    "ood.sets.cifar10.download=false",
                     "report.tsne_points=60",
                     *overrides,
                 ],

@@ -176,8 +176,6 @@ def test_an_ensemble_of_two_seeds_scores_and_calibrates_as_one_model(
         f"ckpt_path={a}/checkpoints/best.ckpt",
         f"ensemble=[{b}/checkpoints/best.ckpt]",
         f"paths.data_dir={tiny_data}",
-        "ood.sets.fashion_mnist.download=false",
-        "ood.sets.cifar10.download=false",
         "report.tsne_points=60",
         f"hydra.run.dir={out}",
     )
