@@ -31,8 +31,8 @@ from osr.utils.errors import OSRError
 # the data settings that make two runs' splits the same images (augmentation may differ)
 SPLIT_KEYS = ("_target_", "known_classes", "val_size", "seed", "channels", "image_size")
 HINTS = {
-    "seed": " data.seed (12345 by default) draws the split apart from seed; a run trained when "
-    "it followed seed carries its seed as data.seed."
+    "seed": " data.seed follows seed unless set: train the seeds to ensemble with one "
+    "data.seed, e.g. python -m osr.train -m seed=1,2,3 data.seed=12345."
 }
 
 
