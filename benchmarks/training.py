@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import notebook
 from benchmarks.common import MIRROR, RESULTS, machine
-from osr.utils.config import CONFIG_DIR
+from osr.utils.config import CONFIG_DIR, plain
 
 
 def compose_train(model: str, batches: int, device: str, batch_size: int):
@@ -70,11 +70,19 @@ def compose_train(model: str, batches: int, device: str, batch_size: int):
         )
 
 
+def build(cfg, datamodule):
+    """The model ``osr.train`` builds: its detectors too, which its voting set names."""
+    return instantiate(
+        cfg.model,
+        class_names=datamodule.class_names,
+        input_shape=datamodule.input_shape,
+        detectors=plain(cfg.get("detectors")),
+    )
+
+
 def fresh(cfg, datamodule, device: torch.device):
     pl.seed_everything(0)
-    return instantiate(
-        cfg.model, class_names=datamodule.class_names, input_shape=datamodule.input_shape
-    ).to(device)
+    return build(cfg, datamodule).to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -183,9 +191,7 @@ def trainer_and_loop(
     loop = HandLoop(fresh(cfg, datamodule, device), batches, datamodule.transform.to(device))
     timer = Interleaved(loop, warmup, chunk)
     trainer = instantiate(cfg.trainer, logger=False)
-    model = instantiate(
-        cfg.model, class_names=datamodule.class_names, input_shape=datamodule.input_shape
-    )
+    model = build(cfg, datamodule)
     if plain:
         model = PlainLightning(model)
     trainer.fit(timer.attach(model), datamodule=datamodule)
