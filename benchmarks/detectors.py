@@ -1,6 +1,7 @@
 """What detectors cost: fitting the default detectors on the 50,000 training images, and the
 evaluation of the 30,000 test images (MNIST, FashionMNIST, CIFAR-10) with every default
-detector against the five scores osr had before detectors, on one trained checkpoint.
+detector against the five scores osr had before detectors, on one trained checkpoint and its
+own data (known classes, validation split) read from the mirror.
 
     python -m benchmarks.detectors --ckpt outputs/.../checkpoints/best.ckpt [--rounds 3]
 
@@ -12,14 +13,16 @@ import argparse
 import json
 import time
 
-from hydra.utils import instantiate
-
-from benchmarks.common import RESULTS, machine, offline_config
+from benchmarks.common import MIRROR, RESULTS, machine, offline_config
 from osr.detectors.builtin import BUILTIN
 from osr.scoring.outputs import fit_detectors
 from osr.scoring.test_sets import evaluate
 from osr.scoring.thresholds import MeanStd, calibrate
-from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
+from osr.utils.checkpoints import (
+    datamodule_from_checkpoint,
+    module_from_checkpoint,
+    read_checkpoint,
+)
 from osr.utils.config import plain
 
 
@@ -31,7 +34,7 @@ def main() -> None:
     ckpt = read_checkpoint(args.ckpt)
     cfg = offline_config()
     module = module_from_checkpoint(ckpt)
-    datamodule = instantiate(cfg.data)
+    datamodule = datamodule_from_checkpoint(ckpt, {"data_dir": str(MIRROR), "download": False})
     datamodule.setup("fit")
     default = plain(cfg.detectors)
     five = {name: {"_target_": BUILTIN[name]} for name in module.builtin_detectors}
