@@ -97,8 +97,11 @@ def main() -> None:
 
     ckpt = read_checkpoint(args.run / "checkpoints" / "best.ckpt")
     module = module_from_checkpoint(ckpt).eval()
-    data = datamodule_from_checkpoint(ckpt, {"data_dir": str(MIRROR), "download": False})
-    evaluation = evaluate(module, data, ckpt["osr_config"]["ood"])  # also sets the data up
+    here = {"data_dir": str(MIRROR), "download": False}  # not where the run was trained
+    data = datamodule_from_checkpoint(ckpt, here)
+    ood = ckpt["osr_config"]["ood"]
+    ood = {**ood, "sets": {name: {**s, **here} for name, s in (ood.get("sets") or {}).items()}}
+    evaluation = evaluate(module, data, ood)  # also sets the data up
     validation, _, _ = collect_scores(module, data, data.val_dataloader())
     made = outlier_scores(module, data, args.outliers, seed=0)
     rule = Conformal(alpha=args.alpha)
