@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from osr.reporting.run_record import cpu_name
 from osr.utils.config import CONFIG_DIR
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where the scripts write their result files; the smoke tests point it at a temporary folder
+RESULTS = Path(os.environ.get("OSR_BENCHMARK_RESULTS", Path(__file__).resolve().parent / "results"))
 MIRROR = Path(os.environ.get("OSR_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
 
 

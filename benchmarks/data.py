@@ -2,9 +2,13 @@
 CIFAR-10 image folders decoded once and read back from the cache, and the cost of the
 natural-image augmentation per batch.
 
-python -m benchmarks.data
+python -m benchmarks.data [--val-size 100]
+
+``--val-size``: the validation split of each known DataModule (default: their own, 10,000),
+small for small data such as the test suite's.
 """
 
+import argparse
 import tempfile
 import time
 
@@ -33,9 +37,9 @@ AUGMENTATIONS = {
 }
 
 
-def digits() -> None:
+def digits(split: dict[str, int]) -> None:
     start = time.perf_counter()
-    mnist = MNISTDataModule(str(MIRROR), 0.13, 0.31, download=False)
+    mnist = MNISTDataModule(str(MIRROR), 0.13, 0.31, download=False, **split)
     oods = [
         FashionMNISTDataModule(str(MIRROR), 0.286, 0.353, unknown_label=10, download=False),
         CIFAR10DataModule(
@@ -55,12 +59,14 @@ def digits() -> None:
     print(f"one pass over {seen} training images, batch 64, blur: {pass_s:.2f} s (target < 3 s)")
 
 
-def natural_images(batch_size: int = 256) -> None:
+def natural_images(split: dict[str, int], batch_size: int = 256) -> None:
     with tempfile.TemporaryDirectory() as cache:
         times = []
         for _ in range(2):  # decoded into the empty cache, then read back from it
             start = time.perf_counter()
-            known = CIFAR10DataModule(str(MIRROR), *CIFAR_STATS, cache_dir=cache, download=False)
+            known = CIFAR10DataModule(
+                str(MIRROR), *CIFAR_STATS, cache_dir=cache, download=False, **split
+            )
             known.setup()
             times.append(time.perf_counter() - start)
     n = len(known.train_set) + len(known.val_set) + len(known.test_set)
@@ -76,9 +82,13 @@ def natural_images(batch_size: int = 256) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--val-size", type=int, help="validation images of each known dataset")
+    args = parser.parse_args()
+    split = {"val_size": args.val_size} if args.val_size else {}
     print(machine())
-    digits()
-    natural_images()
+    digits(split)
+    natural_images(split)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ evaluation, report with plots and t-SNE, checkpoints), each as a user would type
     python -m benchmarks.end_to_end [--seed 1] [--device cpu|cuda] [--no-notebook]
 
 ``--device cuda`` runs ``osr.train`` with ``trainer=gpu``; ``--no-notebook`` times osr alone
-(to compare two versions of osr on one machine).
+(to compare two versions of osr on one machine). ``--smoke`` (the test suite's): one epoch of
+the notebook, one of three batches for osr with 100 validation images, on whatever
+``$OSR_DATA_DIR`` holds.
 """
 
 import argparse
@@ -23,6 +25,14 @@ from pathlib import Path
 from benchmarks.common import MIRROR, RESULTS, machine
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE_NOTEBOOK = ["--baseline-epochs", "1", "--mlae-epochs", "1"]
+SMOKE_TRAIN = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "data.val_size=100",
+    "report.tsne_points=0",
+]
 
 
 def timed_run(cmd: list[str]) -> float:
@@ -37,6 +47,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--notebook", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny settings (the test suite)")
     args = parser.parse_args()
     trainer = "trainer=gpu" if args.device == "cuda" else "trainer=cpu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +55,14 @@ def main() -> None:
         if args.notebook:
             figures_file = Path(tmp) / "notebook.json"
             notebook_s = timed_run(
-                [sys.executable, "-m", "benchmarks.notebook", "--json", str(figures_file)]
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.notebook",
+                    "--json",
+                    str(figures_file),
+                    *(SMOKE_NOTEBOOK if args.smoke else []),
+                ]
             )
             notebook = json.loads(figures_file.read_text())
             notebook.pop("machine")
@@ -61,6 +79,7 @@ def main() -> None:
                     trainer,
                     "callbacks.rich_progress_bar=null",
                     f"hydra.run.dir={tmp}/{model}",
+                    *(SMOKE_TRAIN if args.smoke else []),
                 ]
             )
             run_dir = Path(tmp) / model

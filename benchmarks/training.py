@@ -24,6 +24,9 @@ training image (``FlopCounterMode``) and the achieved GFLOP/s against a large fl
 ``torch.mm``.
 
     python -m benchmarks.training [--device cpu|cuda] [--batches 300] [--rounds 3]
+
+``--smoke`` (the test suite's): ``--batches`` batches, warm-up and chunks of one, of whatever
+``$OSR_DATA_DIR`` holds, however small, with a validation split of 100 images.
 """
 
 import argparse
@@ -46,8 +49,11 @@ from benchmarks import notebook
 from benchmarks.common import MIRROR, RESULTS, machine
 from osr.utils.config import CONFIG_DIR, plain
 
+SMOKE_VAL_SIZE = 100
 
-def compose_train(model: str, batches: int, device: str, batch_size: int):
+
+def compose_train(model: str, batches: int, device: str, batch_size: int, smoke: bool = False):
+    val_size = [f"data.val_size={SMOKE_VAL_SIZE}"] if smoke else []
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(
             "train",
@@ -66,6 +72,7 @@ def compose_train(model: str, batches: int, device: str, batch_size: int):
                 "callbacks=none",
                 "logger=[]",
                 "data.download=false",
+                *val_size,
             ],
         )
 
@@ -227,7 +234,7 @@ def notebook_loader() -> DataLoader:
     dataset = torchvision.datasets.MNIST(
         str(MIRROR), train=True, download=False, transform=notebook.mnist_train_transform()
     )
-    return notebook.loader(Subset(dataset, range(50_000)))
+    return notebook.loader(Subset(dataset, range(min(50_000, len(dataset)))))
 
 
 def flops_per_image(name: str, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -267,11 +274,13 @@ def measure(name: str, args, device: torch.device, batch_size: int) -> dict[str,
     """Trainer and hand loop at one batch size, interleaved (``Interleaved``): the mean of
     ``args.rounds`` runs' rates, each images over seconds summed across that run's chunks.
     With ``args.plain_lightning`` each round also runs ``PlainLightning`` the same way."""
-    batches = max(60, args.batches * 64 // batch_size)  # about the same images at any size
-    warmup = max(5, batches // 15)
-    chunk = max(5, batches // 12)
+    if args.smoke:
+        batches, warmup, chunk = args.batches, 1, 1
+    else:
+        batches = max(60, args.batches * 64 // batch_size)  # about the same images at any size
+        warmup, chunk = max(5, batches // 15), max(5, batches // 12)
     chunks = batches // chunk
-    cfg = compose_train(name, warmup + chunks * chunk, args.device, batch_size)
+    cfg = compose_train(name, warmup + chunks * chunk, args.device, batch_size, args.smoke)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     transform = datamodule.transform.to(device)
@@ -333,18 +342,20 @@ def main() -> None:
         default=None,
         help="also time the compiled loop (default: on CUDA only)",
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny settings (the test suite)")
     args = parser.parse_args()
     if args.compile is None:
         args.compile = args.device == "cuda"
     device = torch.device(args.device)
-    peak = matmul_gflops(device)
+    side = 256 if args.smoke else 2048
+    peak = matmul_gflops(device, side)
     rows: dict[str, dict] = {}
     for name in ("baseline", "mlae"):
         by_size = {bs: measure(name, args, device, bs) for bs in args.batch_sizes}
         rows[name] = {**by_size[args.batch_sizes[0]]}
         rows[name]["by_batch_size"] = {str(bs): r for bs, r in by_size.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {where}; float32 matmul (2048^2): {peak:.1f} GFLOP/s")
+    print(f"device: {where}; float32 matmul ({side}^2): {peak:.1f} GFLOP/s")
     print(
         f"{'model':<9}{'batch':>6}{'osr img/s':>11}{'hand loop':>11}{'vs loop':>9}{'plain PL':>10}"
         f"{'vs loop':>9}{'compiled':>10}{'CUDA graphs':>12}{'notebook':>10}{'vs nb':>7}"
