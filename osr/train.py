@@ -22,15 +22,29 @@ from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
 from osr.utils.config import exits_on_user_error, instantiate_group, plain, to_plain
 from osr.utils.errors import CheckpointError, OSRError
+from osr.utils.phases import phase, recording
 from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.train")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit, load the best weights, test. Returns the logged metrics and the objects made."""
+    """Fit, load the best weights, test. Returns the logged metrics and the objects made.
+
+    The seconds of each phase (``osr.utils.phases``; data setup, calibration and detector
+    fitting are timed where they run, inside fit) go to run.json and the log."""
     started = time.time()
     commit()  # the code this process runs, recorded in run.json at the end
+    with recording() as phases:
+        metrics, best, made = _run(cfg)
+    if made["trainer"].is_global_zero:
+        write_run_record(cfg.paths.output_dir, started, phases=phases.seconds)
+    _print_summary(metrics, best, cfg.paths.output_dir)
+    return metrics, made
+
+
+def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]:
+    """``train``'s work: the metrics, the best checkpoint and the objects made."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(
@@ -54,40 +68,42 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger.log_hyperparams(run_config)  # the resolved config, in every logger
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, cfg.model._target_)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    with phase("fit"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for callback in callbacks:
         if isinstance(callback, ThresholdCalibration):
             metrics.update(callback.logged_metrics)
-    best = restore_best_weights(trainer, model)
+    with phase("checkpoint_reload"):
+        best = restore_best_weights(trainer, model)
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, verbose=False)
+        with phase("closed_set_test"):
+            trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.get("evaluate"):
-        evaluation = evaluate(
-            model,
-            datamodule,
-            cfg.ood,
-            trainer.strategy.root_device,
-            curve_rule(to_plain(cfg.calibration)),
-        )
+        with phase("ood_evaluation"):
+            evaluation = evaluate(
+                model,
+                datamodule,
+                cfg.ood,
+                trainer.strategy.root_device,
+                curve_rule(to_plain(cfg.calibration)),
+            )
         metrics.update({k: v for k, v in evaluation.metrics.items() if isinstance(v, float)})
         if trainer.is_global_zero:
             history = next((c.epochs for c in callbacks if isinstance(c, EpochHistory)), [])
-            write_results(
-                cfg.paths.output_dir,
-                evaluation,
-                model,
-                describe(cfg, best),
-                history,
-                trainer.loggers,
-                cfg.seed,
-                **cfg.get("report", {}),
-            )
-    if trainer.is_global_zero:
-        write_run_record(cfg.paths.output_dir, started)
-    _print_summary(metrics, best, cfg.paths.output_dir)
-    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+            with phase("report"):
+                write_results(
+                    cfg.paths.output_dir,
+                    evaluation,
+                    model,
+                    describe(cfg, best),
+                    history,
+                    trainer.loggers,
+                    cfg.seed,
+                    **cfg.get("report", {}),
+                )
+    return metrics, best, {"trainer": trainer, "model": model, "datamodule": datamodule}
 
 
 def check_resumable(ckpt_path: str, model_target: str) -> None:

@@ -13,6 +13,7 @@ from osr.modules.open_set import OpenSetModule
 from osr.scoring.thresholds import ThresholdRule, calibrate
 from osr.utils.checkpoints import restore_best_weights, write_thresholds
 from osr.utils.io import write_json
+from osr.utils.phases import phase
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class ThresholdCalibration(Callback):
         self.result: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._calibrate(trainer, pl_module, restore_best_weights(trainer, pl_module))
+        with phase("checkpoint_reload"):
+            best = restore_best_weights(trainer, pl_module)
+        self._calibrate(trainer, pl_module, best)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
@@ -44,7 +47,8 @@ class ThresholdCalibration(Callback):
     def _calibrate(
         self, trainer: pl.Trainer, pl_module: OpenSetModule, checkpoint: str | None
     ) -> None:
-        self.result = calibrate(pl_module, trainer.datamodule, self.rule)
+        with phase("calibration"):
+            self.result = calibrate(pl_module, trainer.datamodule, self.rule)
         self.result["checkpoint"] = checkpoint
         for logger in trainer.loggers:
             logger.log_metrics(self.logged_metrics, step=trainer.global_step)

@@ -21,6 +21,7 @@ from osr.data.sources import SOURCES
 from osr.data.transforms import BatchTransform, resize
 from osr.utils.config import plain
 from osr.utils.errors import OSRError
+from osr.utils.phases import phase
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -163,8 +164,11 @@ class ImageDataModule(pl.LightningDataModule):
             self.source.download(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.test_set is not None:
-            return
+        if self.test_set is None:
+            self._make_splits()
+
+    @phase("data_setup")
+    def _make_splits(self) -> None:
         test_x, test_y = self._load(train=False)
         if self.is_ood:
             test_y = torch.full_like(test_y, self.hparams.unknown_label)

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,12 @@ def command() -> str:
     return " ".join(["python -m osr." + Path(sys.argv[0]).stem, *sys.argv[1:]])
 
 
-def write_run_record(run_dir: str | Path, started: float, **more: Any) -> Path:
-    """Write ``run.json``: command, start and end (UTC), seconds, commit, machine, torch."""
+def write_run_record(
+    run_dir: str | Path, started: float, phases: Mapping[str, float] | None = None, **more: Any
+) -> Path:
+    """Write ``run.json``: command, start and end (UTC), seconds, commit, machine, torch, and
+    ``phases``: the seconds of each phase of the run, nested phases not counted twice
+    (``osr.utils.phases``), to the tenth of a millisecond."""
     now = time.time()
     iso = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")  # noqa: E731
     record = {
@@ -90,4 +95,6 @@ def write_run_record(run_dir: str | Path, started: float, **more: Any) -> Path:
         "torch": torch.__version__,
         **more,
     }
+    if phases is not None:
+        record["phases"] = {name: round(seconds, 4) for name, seconds in phases.items()}
     return write_json(Path(run_dir) / RUN_RECORD, record)

@@ -11,6 +11,7 @@ from osr.data.datamodules import ImageDataModule
 from osr.detectors import ModelOutputs, fit_needs
 from osr.modules.open_set import OpenSetModule
 from osr.utils.distributed import gather_cat
+from osr.utils.phases import phase
 
 
 def _in_dataset_order(loader: DataLoader, device: torch.device) -> Tensor:
@@ -68,6 +69,7 @@ def _training_outputs(
     return replace(outputs, **gathered)
 
 
+@phase("detector_fitting")
 @torch.no_grad()
 def fit_detectors(module: OpenSetModule, datamodule: ImageDataModule) -> list[str]:
     """Fit the module's detectors that need it and are not fitted yet on the known TRAINING
