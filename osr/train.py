@@ -14,6 +14,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from osr.callbacks import StoreRunConfig, ThresholdCalibration
 from osr.callbacks.history import EpochHistory
+from osr.data.datamodules import ImageDataModule
+from osr.modules.open_set import OpenSetModule
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
 from osr.reporting.run_record import commit, write_run_record
@@ -28,23 +30,9 @@ from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 log = logging.getLogger("osr.train")
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit, load the best weights, test. Returns the logged metrics and the objects made.
-
-    The seconds of each phase (``osr.utils.phases``; data setup, calibration and detector
-    fitting are timed where they run, inside fit) go to run.json and the log."""
-    started = time.time()
-    commit()  # the code this process runs, recorded in run.json at the end
-    with recording() as phases:
-        metrics, best, made = _run(cfg)
-    if made["trainer"].is_global_zero:
-        write_run_record(cfg.paths.output_dir, started, phases=phases.seconds)
-    _print_summary(metrics, best, cfg.paths.output_dir)
-    return metrics, made
-
-
-def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]:
-    """``train``'s work: the metrics, the best checkpoint and the objects made."""
+def build(cfg: DictConfig) -> tuple[ImageDataModule, OpenSetModule, pl.Trainer]:
+    """The DataModule, module and Trainer of a run, callbacks and loggers included, as
+    ``train`` makes them (``benchmarks.train_speed`` times this Trainer's steps)."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(
@@ -66,12 +54,33 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)  # the resolved config, in every logger
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit, load the best weights, test. Returns the logged metrics and the objects made.
+
+    The seconds of each phase (``osr.utils.phases``; data setup, calibration and detector
+    fitting are timed where they run, inside fit) go to run.json and the log."""
+    started = time.time()
+    commit()  # the code this process runs, recorded in run.json at the end
+    with recording() as phases:
+        metrics, best, made = _run(cfg)
+    if made["trainer"].is_global_zero:
+        write_run_record(cfg.paths.output_dir, started, phases=phases.seconds)
+    _print_summary(metrics, best, cfg.paths.output_dir)
+    return metrics, made
+
+
+def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]:
+    """``train``'s work: the metrics, the best checkpoint and the objects made."""
+    datamodule, model, trainer = build(cfg)
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, cfg.model._target_)
     with phase("fit"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    for callback in callbacks:
+    for callback in trainer.callbacks:
         if isinstance(callback, ThresholdCalibration):
             metrics.update(callback.logged_metrics)
     with phase("checkpoint_reload"):
@@ -91,7 +100,7 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]
             )
         metrics.update({k: v for k, v in evaluation.metrics.items() if isinstance(v, float)})
         if trainer.is_global_zero:
-            history = next((c.epochs for c in callbacks if isinstance(c, EpochHistory)), [])
+            history = next((c.epochs for c in trainer.callbacks if isinstance(c, EpochHistory)), [])
             with phase("report"):
                 write_results(
                     cfg.paths.output_dir,

@@ -1,4 +1,5 @@
-"""osr.train records the seconds of each phase in run.json and logs them (issue 37)."""
+"""Issue 37's guard: osr.train records the seconds of each phase in run.json and logs them,
+and ``benchmarks.train_speed`` runs on tiny settings and reports every figure."""
 
 import json
 import logging
@@ -9,7 +10,7 @@ import pytest
 from osr.train import train
 from osr.utils import phases
 from osr.utils.phases import phase, recording
-from tests.conftest import TINY_TRAINING
+from tests.conftest import TINY_OVERRIDES, TINY_TRAINING, run_module
 
 # every phase of a default osr.train run: one going missing fails these tests
 PHASES = (
@@ -74,3 +75,23 @@ def test_run_json_holds_every_phase(train_cfg, caplog) -> None:
     assert sum(record["phases"].values()) <= record["seconds"] + 0.1
     logged = {r.getMessage().split(":")[0] for r in caplog.records}
     assert set(PHASES) <= logged  # each phase says when it starts and ends
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_smoke(tiny_data: Path, tmp_path: Path) -> None:
+    done = run_module(
+        "benchmarks.train_speed",
+        *("--steps", "2", "--warmup", "1", "--rounds", "1", "--results", str(tmp_path)),
+        f"paths.data_dir={tiny_data}",
+        *TINY_OVERRIDES,
+        *TINY_TRAINING,
+        "report.tsne_points=0",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = tmp_path.glob("train_speed_*.json")
+    result = json.loads(out.read_text())
+    assert result["throughput"]["trainer_vs_hand"] > 0
+    assert {"cpu", "cores", "torch", "bf16"} <= set(result["machine"])
+    assert {"sha", "dirty"} <= set(result["commit"])
+    seconds = result["phases"]["seconds"]
+    assert all(seconds.get(name, 0) > 0 for name in PHASES), seconds
