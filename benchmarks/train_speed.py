@@ -15,8 +15,8 @@ run became much slower and no test or benchmark noticed.
   (``osr.utils.phases``) and their share of the run's.
 
 The overrides go to both, e.g. ``trainer.max_epochs=1`` for a quick look at the phases.
-Writes ``benchmarks/results/train_speed_<UTC time>.json`` (machine, commit, arguments, every
-figure), so that two commits can be compared.
+Writes ``benchmarks/results/train_speed_<UTC time>.json`` ($OSR_BENCHMARK_RESULTS moves it:
+machine, commit, arguments, every figure), so that two commits can be compared.
 
     python -m benchmarks.train_speed [--model mlae|baseline] [--steps 200] [--warmup 20]
         [--rounds 2] [--no-phases] [override ...]
@@ -278,21 +278,20 @@ def main() -> None:
         default=True,
         help="also run osr.train end to end and time its phases",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both parts")
     args = parser.parse_args()
     result: dict[str, Any] = {
         "machine": {**machine(), "bf16": torch.cpu._is_avx512_bf16_supported()},
         "commit": commit(),
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "arguments": vars(args),
         "throughput": throughput(args),
     }
     print_throughput(result["throughput"])
     if args.phases:
         result["phases"] = phases(args)
         print_phases(result["phases"])
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"train_speed_{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"train_speed_{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
 

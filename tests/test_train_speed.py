@@ -78,10 +78,11 @@ def test_run_json_holds_every_phase(train_cfg, caplog) -> None:
 
 
 @pytest.mark.slow
-def test_train_speed_benchmark_smoke(tiny_data: Path, tmp_path: Path) -> None:
+def test_train_speed_benchmark_smoke(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OSR_BENCHMARK_RESULTS", str(tmp_path))
     done = run_module(
         "benchmarks.train_speed",
-        *("--steps", "2", "--warmup", "1", "--rounds", "1", "--results", str(tmp_path)),
+        *("--steps", "2", "--warmup", "1", "--rounds", "1"),
         f"paths.data_dir={tiny_data}",
         *TINY_OVERRIDES,
         *TINY_TRAINING,
