@@ -48,7 +48,6 @@ def calibrate_checkpoint(cfg: DictConfig) -> Path:
     trainer.validate(module, datamodule=datamodule, verbose=False)
     out = Path(cfg.paths.output_dir) / "checkpoints" / "calibrated.ckpt"
     if trainer.is_global_zero:
-        ckpt["state_dict"].pop("thresholds", None)
         ckpt.update(cpu_tensors(module.open_set_state()))
         ckpt[CONFIG_KEY]["calibration"] = rule  # the rule now in force
         save_checkpoint(ckpt, out)
