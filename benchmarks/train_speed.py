@@ -45,7 +45,7 @@ from osr.data.datamodules import ImageDataModule
 from osr.modules import AutoencoderClassifier, Classifier
 from osr.modules.open_set import OpenSetModule
 from osr.train import build
-from osr.utils.config import CONFIG_DIR, ROOT_DIR
+from osr.utils.config import CONFIG_DIR, ROOT_DIR, plain
 
 TARGET = 0.9
 # osr.train's phases in the order they start (run.json keeps them sorted by name)
@@ -143,7 +143,10 @@ def hand_rate(
     which the hand loop does not pay."""
     pl.seed_everything(cfg.seed)
     module = instantiate(
-        cfg.model, class_names=datamodule.class_names, input_shape=datamodule.input_shape
+        cfg.model,
+        class_names=datamodule.class_names,
+        input_shape=datamodule.input_shape,
+        detectors=plain(cfg.get("detectors")),  # those the voting scores name
     ).to(device)
     module.train()
     opt = cfg.model.optimizer

@@ -96,3 +96,17 @@ def test_train_speed_benchmark_smoke(tiny_data: Path, tmp_path: Path, monkeypatc
     assert {"sha", "dirty"} <= set(result["commit"])
     seconds = result["phases"]["seconds"]
     assert all(seconds.get(name, 0) > 0 for name in PHASES), seconds
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_baseline(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OSR_BENCHMARK_RESULTS", str(tmp_path))
+    done = run_module(
+        "benchmarks.train_speed",
+        *("--model", "baseline", "--steps", "2", "--warmup", "1", "--rounds", "1", "--no-phases"),
+        f"paths.data_dir={tiny_data}",
+        *TINY_OVERRIDES,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = tmp_path.glob("train_speed_*.json")
+    assert json.loads(out.read_text())["throughput"]["trainer_vs_hand"] > 0
