@@ -14,6 +14,7 @@ from torch import Tensor
 from osr.modules import Classifier
 from osr.scoring.conformal import Conformal, operating_curve
 from osr.scoring.metrics import SetOutputs, open_set_metrics, oscr, separation
+from osr.scoring.thresholds import MeanStd, Quantile, fit_thresholds
 from osr.utils.errors import OSRError
 from tests.test_models import CLASSES, OPTIMIZER
 
@@ -114,6 +115,14 @@ def test_a_nan_score_is_an_error_naming_its_detector_and_set(nan_in):
 def classifier(voting: list[str]) -> Classifier:
     """Detectors msp, max_logit and energy; ``voting`` of them vote."""
     return Classifier({"_target_": "osr.models.ConvNet"}, OPTIMIZER, CLASSES, voting)
+
+
+@pytest.mark.parametrize("rule", [MeanStd(k=3.0), Quantile(q=0.99), Conformal(alpha=0.1)])
+def test_a_nan_calibration_score_is_an_error_naming_its_detector_and_split(rule):
+    scores = {"msp": torch.rand(50), "energy": torch.rand(50)}
+    scores["energy"][7] = math.nan
+    with pytest.raises(OSRError, match=r"energy gave NaN on 1 of 50 images of the mnist val"):
+        fit_thresholds(scores, rule, "mnist val")
 
 
 def test_a_nan_voting_score_rejects():

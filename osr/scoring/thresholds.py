@@ -82,8 +82,20 @@ class Quantile(PerScoreRule):
         return torch.quantile(decision_values(scores).double(), self.q).item()
 
 
-def fit_thresholds(scores: dict[str, Tensor], rule: ThresholdRule) -> dict[str, dict[str, float]]:
-    """One threshold per score, with the statistics it was fitted on."""
+def fit_thresholds(
+    scores: dict[str, Tensor], rule: ThresholdRule, split: str = "calibration"
+) -> dict[str, dict[str, float]]:
+    """One threshold per score, with the statistics it was fitted on. A NaN score is an error
+    naming the detector and ``split``: no rule can place a threshold among NaNs."""
+    for name, values in scores.items():
+        nan = torch.isnan(values)
+        if nan.any():
+            raise OSRError(
+                f"detector {name} gave NaN on {int(nan.sum())} of {values.numel()} images of "
+                f"the {split} split (first at index {int(nan.nonzero()[0])}), so no threshold "
+                "can be fitted: check the checkpoint's weights and that detector's fitted "
+                "state, or leave it out of `detectors`."
+            )
     return {
         name: {
             "threshold": rule.fit(values),
@@ -130,7 +142,7 @@ def calibrate(
     """
     newly_fitted = fit_detectors(module, datamodule)
     scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
-    fitted = fit_thresholds(scores, rule)
+    fitted = fit_thresholds(scores, rule, f"{datamodule.name} val")
     union, union_record = rule.fit_union_record(
         {name: scores[name] for name in module.hparams.voting_scores}
     )
