@@ -82,10 +82,12 @@ def evaluate_ensemble(cfg: DictConfig) -> dict[str, Any]:
         raise OSRError(f"{paths[0]} records no calibration rule for the ensemble: retrain it.")
     rule = instantiate(ckpt[CONFIG_KEY]["calibration"])
     scales = ensemble.fit_scales(datamodule)  # the members' common scale, on the same images
-    record = calibrate(ensemble, datamodule, rule)
-    record |= {"ensemble": paths, "member_scores": scales}
+    calibration = calibrate(ensemble, datamodule, rule)
+    record = calibration.record | {"ensemble": paths, "member_scores": scales}
     write_json(Path(cfg.paths.output_dir) / "thresholds.json", record)
-    return _evaluate(cfg, ensemble, datamodule, ckpt, " + ".join(paths), [])
+    return _evaluate(
+        cfg, ensemble, datamodule, ckpt, " + ".join(paths), [], calibration.validation_scores
+    )
 
 
 def _evaluate(
@@ -95,11 +97,13 @@ def _evaluate(
     ckpt: dict[str, Any],
     checkpoint: str,
     history: list[dict[str, float]],
+    validation_scores: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     run_cfg = DictConfig(ckpt["osr_config"])
     rule = curve_rule(ckpt["osr_config"].get("calibration"))
     ood = ood_config(cfg, ckpt)
-    evaluation = evaluate(module, datamodule, ood, resolve_device(cfg.device), rule)
+    device = resolve_device(cfg.device)
+    evaluation = evaluate(module, datamodule, ood, device, rule, validation_scores)
     run_cfg.ood = ood
     write_results(
         cfg.paths.output_dir,

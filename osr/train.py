@@ -80,9 +80,11 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]
     with phase("fit"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    validation_scores = None  # the calibrated weights' scores, for the operating curve
     for callback in trainer.callbacks:
         if isinstance(callback, ThresholdCalibration):
             metrics.update(callback.logged_metrics)
+            validation_scores = callback.validation_scores
     with phase("checkpoint_reload"):
         best = restore_best_weights(trainer, model)
     if cfg.get("test"):
@@ -97,6 +99,7 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], str | None, dict[str, Any]]
                 cfg.ood,
                 trainer.strategy.root_device,
                 curve_rule(to_plain(cfg.calibration)),
+                validation_scores,
             )
         metrics.update({k: v for k, v in evaluation.metrics.items() if isinstance(v, float)})
         if trainer.is_global_zero:

@@ -197,6 +197,12 @@ def test_evaluate_checkpoint_reproduces_the_runs_metrics(train_cfg, evaluate_cfg
     again = evaluate_checkpoint(evaluate_cfg(best))
     assert_matches(again, at_train)
     assert (tmp_path / "evaluation" / "report.md").is_file()
+    # the run's operating curve reused calibration's validation scores; osr.evaluate scores
+    # the validation split itself: the same curve
+    curves = [
+        json.loads((d / "operating_curve.json").read_text()) for d in (run, tmp_path / "evaluation")
+    ]
+    assert curves[0]["rows"] and curves[0] == curves[1]
     in_distribution = np.load(tmp_path / "evaluation" / "scores.npz")
 
     own_cfg = evaluate_cfg(best, "ood.normalization=own")

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
 
 from osr.modules.open_set import OpenSetModule
 from osr.scoring.thresholds import ThresholdRule, calibrate
@@ -34,6 +35,8 @@ class ThresholdCalibration(Callback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.checkpoint = checkpoint  # where standalone-validated weights came from
         self.result: dict[str, Any] | None = None
+        # every detector's scores of the validation split, for the weights last calibrated
+        self.validation_scores: dict[str, Tensor] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with phase("checkpoint_reload"):
@@ -48,7 +51,8 @@ class ThresholdCalibration(Callback):
         self, trainer: pl.Trainer, pl_module: OpenSetModule, checkpoint: str | None
     ) -> None:
         with phase("calibration"):
-            self.result = calibrate(pl_module, trainer.datamodule, self.rule)
+            calibration = calibrate(pl_module, trainer.datamodule, self.rule)
+        self.result, self.validation_scores = calibration.record, calibration.validation_scores
         self.result["checkpoint"] = checkpoint
         for logger in trainer.loggers:
             logger.log_metrics(self.logged_metrics, step=trainer.global_step)

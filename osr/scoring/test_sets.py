@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from osr.data.datamodules import ImageDataModule
@@ -150,21 +151,24 @@ def evaluate(
     ood_cfg: Mapping[str, Any],
     device: torch.device | None = None,
     curve_rule: Conformal | None = None,
+    validation_scores: Mapping[str, Tensor] | None = None,
 ) -> Evaluation:
     """Scores, decisions and the ``metrics.json`` figures for the known test split and
     every OOD set (gathered across DDP ranks), and the voting detectors' operating curve
     under the conformal rule (``curve_rule``, default ``Conformal()``) calibrated on the
-    validation split."""
+    validation split: on ``validation_scores`` when calibration has just scored it with
+    these weights, else scored here."""
     if device is not None:
         module.to(device)
     oods = ood_datamodules(ood_cfg, known)
     loaders = evaluation_loaders(known, oods).by_name()
     outputs = run_sets(module, loaders)
     metrics = open_set_metrics(outputs, known.name, module.num_classes, module.threshold_dict())
-    validation, _, _ = collect_scores(module, known, known.val_dataloader())
+    if validation_scores is None:
+        validation_scores, _, _ = collect_scores(module, known, known.val_dataloader())
     curve = operating_curve(
         curve_rule or Conformal(),
-        {name: validation[name].cpu() for name in module.hparams.voting_scores},
+        {name: validation_scores[name].cpu() for name in module.hparams.voting_scores},
         {name: out.scores for name, out in outputs.items()},
     )
     return Evaluation(metrics, outputs, known.name, loaders, curve)

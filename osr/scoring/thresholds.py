@@ -129,9 +129,18 @@ def cross_fitted_decisions(
     return decisions
 
 
+@dataclass
+class Calibration:
+    """What ``calibrate`` found: the ``thresholds.json`` record, and every detector's scores
+    of the validation split, which the operating curve reads again (no second pass)."""
+
+    record: dict[str, Any]
+    validation_scores: dict[str, Tensor]
+
+
 def calibrate(
     module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
-) -> dict[str, Any]:
+) -> Calibration:
     """Fit thresholds on the validation split and store them in ``module``.
 
     Also reports how the calibrated model does on known images it was not calibrated on: the
@@ -153,7 +162,7 @@ def calibrate(
     module.set_thresholds({name: f["threshold"] for name, f in fitted.items()})
     decisions = cross_fitted_decisions(module, rule, logits, scores)
     record: dict[str, Any] = {"union_of_votes": union_record} if union_record else {}
-    return {
+    record |= {
         "rule": asdict(rule),
         **record,
         "detectors_fitted": {"split": f"{datamodule.name} train", "names": newly_fitted},
@@ -166,3 +175,4 @@ def calibrate(
             "open_set_accuracy": (decisions == labels).float().mean().item(),
         },
     }
+    return Calibration(record, {name: values.cpu() for name, values in scores.items()})
