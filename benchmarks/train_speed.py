@@ -36,7 +36,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
@@ -46,7 +45,7 @@ from osr.data.datamodules import ImageDataModule
 from osr.modules import AutoencoderClassifier, Classifier
 from osr.modules.open_set import OpenSetModule
 from osr.train import build
-from osr.utils.config import CONFIG_DIR, ROOT_DIR, plain
+from osr.utils.config import CONFIG_DIR, ROOT_DIR, instantiate_module
 
 TARGET = 0.9
 # osr.train's phases in the order they start (run.json keeps them sorted by name)
@@ -144,11 +143,8 @@ def hand_rate(
     seconds per batch of the Trainer's data path (``BatchTransform`` with augmentation),
     which the hand loop does not pay."""
     pl.seed_everything(cfg.seed)
-    module = instantiate(
-        cfg.model,
-        class_names=datamodule.class_names,
-        input_shape=datamodule.input_shape,
-        detectors=plain(cfg.get("detectors")),  # those the voting scores name
+    module = instantiate_module(  # with the detectors the voting scores name
+        cfg, class_names=datamodule.class_names, input_shape=datamodule.input_shape
     ).to(device)
     module.train()
     opt = cfg.model.optimizer
@@ -178,7 +174,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     rounds = []
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_run(args.model, args.overrides, args.warmup + args.steps, out)
-        if cfg.model.get("objective", {}).get("_target_", CROSS_ENTROPY) != CROSS_ENTROPY:
+        if cfg.get("objective", {}).get("_target_", CROSS_ENTROPY) != CROSS_ENTROPY:
             raise SystemExit("the hand-written loop knows cross-entropy only: drop objective=")
         for _ in range(args.rounds):
             trainer, datamodule, device = trainer_rate(cfg, args.warmup)

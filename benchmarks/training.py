@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import notebook
 from benchmarks.common import MIRROR, RESULTS, machine
-from osr.utils.config import CONFIG_DIR, plain
+from osr.utils.config import CONFIG_DIR, instantiate_module
 
 SMOKE_VAL_SIZE = 100
 
@@ -79,11 +79,8 @@ def compose_train(model: str, batches: int, device: str, batch_size: int, smoke:
 
 def build(cfg, datamodule):
     """The model ``osr.train`` builds: its detectors too, which its voting set names."""
-    return instantiate(
-        cfg.model,
-        class_names=datamodule.class_names,
-        input_shape=datamodule.input_shape,
-        detectors=plain(cfg.get("detectors")),
+    return instantiate_module(
+        cfg, class_names=datamodule.class_names, input_shape=datamodule.input_shape
     )
 
 

@@ -22,7 +22,12 @@ from osr.reporting.run_record import commit, write_run_record
 from osr.scoring.conformal import curve_rule
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
-from osr.utils.config import exits_on_user_error, instantiate_group, plain, to_plain
+from osr.utils.config import (
+    exits_on_user_error,
+    instantiate_group,
+    instantiate_module,
+    to_plain,
+)
 from osr.utils.errors import CheckpointError, OSRError
 from osr.utils.phases import phase, recording
 from osr.utils.wandb_setup import finish_wandb, prepare_wandb
@@ -35,11 +40,8 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, OpenSetModule, pl.Trainer]:
     ``train`` makes them (``benchmarks.train_speed`` times this Trainer's steps)."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = instantiate(
-        cfg.model,
-        class_names=datamodule.class_names,
-        input_shape=datamodule.input_shape,
-        detectors=plain(cfg.get("detectors")),
+    model = instantiate_module(
+        cfg, class_names=datamodule.class_names, input_shape=datamodule.input_shape
     )
     if model.test_views.flip and not datamodule.flippable:
         raise OSRError(

@@ -15,6 +15,7 @@ import osr
 from osr.calibrate import calibrate_checkpoint
 from osr.callbacks import StoreRunConfig
 from osr.evaluate import evaluate_checkpoint
+from osr.objectives import IILoss
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint, save_checkpoint
 from osr.utils.config import CONFIG_DIR
 from osr.utils.errors import CheckpointError
@@ -129,6 +130,17 @@ def test_ii_running_centers_become_its_class_means():
     assert torch.equal(module.objective.means, centers)
     z = torch.randn(5, len(centers))
     assert torch.allclose(module.objective.embedding_norm(z), z, rtol=1e-6, atol=0)
+
+
+def test_the_objective_moves_from_model_to_the_top_level_of_the_config():
+    """Issue 32: a checkpoint's ``model.objective`` becomes its ``objective``, which
+    module_from_checkpoint builds the module with (without the step: cross-entropy)."""
+    assert "objective" in raw("ii_eb3a9bb")["osr_config"]["model"]
+    ckpt = read_checkpoint(FIXTURES / "ii_eb3a9bb.pt")
+    assert "objective" not in ckpt["osr_config"]["model"]
+    assert ckpt["osr_config"]["objective"]["_target_"] == "osr.objectives.IILoss"
+    assert ckpt["hyper_parameters"]["objective"]["_target_"] == "osr.objectives.IILoss"
+    assert isinstance(module_from_checkpoint(ckpt).objective, IILoss)
 
 
 def test_cac_from_before_euclidean_distances_is_refused(tmp_path):

@@ -6,9 +6,8 @@ CPU, where the same calls would be made.
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
-from osr.utils.config import plain
+from osr.utils.config import instantiate_module
 from tests.test_models import make_module
 
 HOST_SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__")
@@ -49,9 +48,7 @@ def host_syncs(monkeypatch):
 )
 def test_training_step_and_update_make_no_host_sync(kind, objective, train_cfg, host_syncs):
     cfg = train_cfg(f"model={kind}", f"objective={objective}")
-    module = instantiate(
-        cfg.model, class_names=[str(c) for c in range(10)], detectors=plain(cfg.detectors)
-    )
+    module = instantiate_module(cfg, class_names=[str(c) for c in range(10)])
     optimizer = module.configure_optimizers()  # the configured (fused) Adam
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
     module.train()

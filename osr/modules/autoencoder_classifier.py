@@ -14,7 +14,7 @@ from osr.utils.config import plain
 
 class AutoencoderClassifier(OpenSetModule):
     """loss = rec_weight * MSE(recon, x) + cls_weight * objective(logits, y), the objective
-    being cross-entropy unless ``objective`` (a ``model.objective`` config) says otherwise.
+    being cross-entropy unless ``objective`` (the ``objective`` group's config) says otherwise.
 
     The classifier sees the input image (not the latent vector), as in the notebook; the
     reconstruction error is what says UNKNOWN. Both networks are built for ``input_shape``

@@ -110,7 +110,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         self.loss_terms = (*type(self).loss_terms, *self.objective.terms)
         if len(set(self.loss_terms)) < len(self.loss_terms):
             raise OSRError(
-                f"model.objective: {type(self.objective).__name__}'s loss terms "
+                f"objective: {type(self.objective).__name__}'s loss terms "
                 f"{list(self.objective.terms)} clash with {type(self).__name__}'s "
                 f"{list(type(self).loss_terms)}; rename them."
             )
@@ -230,7 +230,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         if name is not None:
             if name in built:
                 raise OSRError(
-                    f"detectors.{name}: {name} is the score of model.objective "
+                    f"detectors.{name}: {name} is the score of the objective "
                     f"({type(self.objective).__name__}), which every detector set holds; "
                     "rename the entry."
                 )

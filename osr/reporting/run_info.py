@@ -11,7 +11,7 @@ def describe(cfg: DictConfig, checkpoint: str | None) -> dict[str, Any]:
     ood = cfg.get("ood") or {}
     rule = cfg.get("calibration") or {}
     # checkpoints from before objectives have none in their config: they trained with CE
-    objective = cfg.model.get("objective") or {"_target_": "osr.objectives.CrossEntropy"}
+    objective = cfg.get("objective") or {"_target_": "osr.objectives.CrossEntropy"}
     settings = ", ".join(f"{k}={v}" for k, v in objective.items() if k != "_target_")
     return {
         "model": cfg.model._target_.rsplit(".", 1)[-1],

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from osr.utils.config import plain
+from osr.utils.config import instantiate_module, plain
 from osr.utils.errors import CheckpointError
 from osr.utils.io import atomic_write
 from osr.utils.migrations import CONFIG_KEY, migrate, stamp
@@ -98,11 +98,8 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
     if not config:
         raise CheckpointError(NO_CONFIG)
     hparams = ckpt.get("hyper_parameters", {})
-    module = instantiate(
-        config["model"],
-        class_names=hparams["class_names"],
-        input_shape=hparams["input_shape"],
-        detectors=config.get("detectors"),
+    module = instantiate_module(
+        config, class_names=hparams["class_names"], input_shape=hparams["input_shape"]
     )
     module.load_open_set_state(ckpt)
     try:

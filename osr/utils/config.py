@@ -2,7 +2,7 @@
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,3 +109,14 @@ def plain(value: Any) -> Any:
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def instantiate_module(config: Mapping[str, Any], **kwargs: Any) -> Any:
+    """The LightningModule of a run's config: ``model`` built with the run's ``objective`` and
+    ``detectors``, groups of their own at the top level (so ``objective.gamma=2`` sets them)."""
+    return instantiate(
+        config["model"],
+        objective=plain(config.get("objective")),
+        detectors=plain(config.get("detectors")),
+        **kwargs,
+    )

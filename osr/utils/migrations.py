@@ -23,8 +23,11 @@ checkpoints written by 8902dcc, eb3a9bb and 74f90fa):
   ``in_channels``; ``data.channels`` and ``data.image_size`` (absent: the dataset's own shape,
   where every image used to be brought to 1x28x28). Step 4.
 - 5396d3c, II batch-normalizes its embedding (``embedding_norm``). Step 5.
+- issue 32, the objective group: the run config's ``model.objective`` became the top-level
+  ``objective`` (set where it is named, ``objective.gamma=2``); the module still receives it
+  as ``objective``, so its hyperparameters are unchanged. Step 6.
 
-Added with a default that is what older code did, so no step: ``model.objective`` (none:
+Added with a default that is what older code did, so no step: ``objective`` (none:
 cross-entropy), ``model.compile``, ``model.test_rotations``/``test_shift``/``test_flip``/
 ``test_padding``, ``data.translate``/``rotate``/``on_device``/``drop_last``/``cache_dir`` and
 the natural-image augmentation keys. The conformal rule and the new default voting sets
@@ -83,7 +86,8 @@ def _model(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def _objective_target(ckpt: Checkpoint) -> str | None:
-    return (_model(ckpt).get("objective") or {}).get("_target_")
+    objective = _config(ckpt).get("objective") or _model(ckpt).get("objective") or {}
+    return objective.get("_target_")
 
 
 def thresholds_by_name(ckpt: Checkpoint) -> None:
@@ -167,6 +171,13 @@ def ii_embedding_norm(ckpt: Checkpoint) -> None:
     state[II_NORM + "num_batches_tracked"] = torch.tensor(0)
 
 
+def objective_at_top_level(ckpt: Checkpoint) -> None:
+    """Issue 32: the objective's config moves from ``model.objective`` to ``objective``."""
+    model = _model(ckpt)
+    if "objective" in model:
+        _config(ckpt)["objective"] = model.pop("objective")
+
+
 # STEPS[i] rewrites format i into format i + 1
 STEPS: tuple[Callable[[Checkpoint], None], ...] = (
     thresholds_by_name,
@@ -174,6 +185,7 @@ STEPS: tuple[Callable[[Checkpoint], None], ...] = (
     objectives_own_state,
     natural_images,
     ii_embedding_norm,
+    objective_at_top_level,
 )
 FORMAT = len(STEPS)  # the format this osr writes
 
