@@ -16,7 +16,7 @@ class Classifier(OpenSetModule):
     """Scores from the logits alone (``msp``, ``max_logit``, ``energy``), the features, and
     the objective's own score when it has one.
 
-    ``objective``: a ``model.objective`` config (``conf/objective/``); None trains with
+    ``objective``: the ``objective`` group's config (``conf/objective/``); None trains with
     cross-entropy, as checkpoints saved before objectives existed were.
     ``input_shape``: (channels, height, width) of the images, the known DataModule's; the
     network (``model.net``) is built for it.

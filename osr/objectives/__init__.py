@@ -35,13 +35,13 @@ __all__ = [
 def build_objective(
     config: Mapping[str, Any] | None, num_classes: int, feature_dim: int
 ) -> Objective:
-    """The objective of a ``model.objective`` config (None: cross-entropy, as checkpoints
+    """The objective of an ``objective`` config (None: cross-entropy, as checkpoints
     written before objectives existed were trained)."""
     if config is None:
         return CrossEntropy(num_classes, feature_dim)
     if not isinstance(config, Mapping) or "_target_" not in config:
         raise OSRError(
-            "model.objective has no _target_: pick one with objective=<name> (conf/objective/), "
+            "objective has no _target_: pick one with objective=<name> (conf/objective/), "
             "e.g. objective=arpl."
         )
     try:
