@@ -18,7 +18,7 @@ from osr.utils.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
-from osr.utils.config import exits_on_user_error, to_plain
+from osr.utils.config import check_config, exits_on_user_error, to_plain
 from osr.utils.errors import OSRError
 
 log = logging.getLogger("osr.calibrate")
@@ -78,6 +78,7 @@ def detectors_config(detectors: DictConfig, run_config: dict[str, Any]) -> dict[
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "calibrate")
     calibrate_checkpoint(cfg)
 
 

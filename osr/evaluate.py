@@ -24,7 +24,7 @@ from osr.utils.checkpoints import (
     module_from_checkpoint,
     read_checkpoint,
 )
-from osr.utils.config import exits_on_user_error, instantiate_group
+from osr.utils.config import check_config, exits_on_user_error, instantiate_group
 from osr.utils.errors import NotCalibratedError, OSRError
 from osr.utils.io import write_json
 from osr.utils.wandb_setup import finish_wandb, prepare_wandb
@@ -127,6 +127,7 @@ def _evaluate(
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "evaluate")
     started = time.time()
     commit()  # the code this process runs, recorded in run.json at the end
     prepare_wandb()

@@ -20,7 +20,7 @@ from osr.data.labels import UNKNOWN_NAME
 from osr.data.transforms import BatchTransform
 from osr.evaluate import resolve_device
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
-from osr.utils.config import exits_on_user_error
+from osr.utils.config import check_config, exits_on_user_error
 from osr.utils.errors import NotCalibratedError, OSRError
 from osr.utils.io import write_text
 
@@ -146,6 +146,7 @@ def predict(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "predict")
     predict(cfg)
 
 

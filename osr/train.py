@@ -23,6 +23,7 @@ from osr.scoring.conformal import curve_rule
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
 from osr.utils.config import (
+    check_config,
     exits_on_user_error,
     instantiate_group,
     instantiate_module,
@@ -147,6 +148,7 @@ def _print_summary(metrics: dict[str, float], best: str | None, output_dir: str)
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exits_on_user_error
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg, "train")
     prepare_wandb()
     try:
         metrics, _ = train(cfg)

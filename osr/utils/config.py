@@ -1,8 +1,10 @@
 """Hydra plumbing shared by the entry points."""
 
 import functools
+import logging
+import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +16,9 @@ from osr.utils.errors import OSRError
 
 ROOT_DIR = Path(__file__).resolve().parents[2]  # the repository: osr/utils/config.py
 CONFIG_DIR = str(ROOT_DIR / "conf")
+log = logging.getLogger("osr.config")
+# a key an interpolation reads, ``${data.std}`` or ``${split}`` (not a resolver, ``${oc.env:...}``)
+INTERPOLATED_KEY = re.compile(r"\$\{([A-Za-z_][\w]*)[\w.\[\]]*\}")
 
 
 def _sweep_group() -> str | None:
@@ -120,3 +125,52 @@ def instantiate_module(config: Mapping[str, Any], **kwargs: Any) -> Any:
         detectors=plain(config.get("detectors")),
         **kwargs,
     )
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def declared_keys(config_name: str) -> set[str]:
+    """The top-level keys of ``conf/<config_name>.yaml``: its own and its defaults' groups."""
+    primary = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{config_name}.yaml"))
+    keys = {key for key in primary if key != "defaults"} | {"hydra"}
+    for entry in primary.get("defaults", []):  # type: ignore[union-attr]
+        if isinstance(entry, dict):
+            group = next(iter(entry)).removeprefix("override ").lstrip("/")
+            package = group.partition("@")[2] or group
+            keys.add(package.split("/")[0].split(".")[0])
+    return keys
+
+
+def check_config(cfg: DictConfig, config_name: str) -> None:
+    """Say before anything runs what the composed config holds that nothing reads: a warning
+    per top-level key that ``conf/<config_name>.yaml`` does not declare and no interpolation
+    reads (``+max_epochs=1``, a group file whose ``# @package`` line puts it elsewhere); an
+    error for an objective under ``model``, which would train cross-entropy."""
+    if "objective" in (cfg.get("model") or {}):
+        raise OSRError(
+            "model.objective is set, but the objective is read from the top-level `objective` "
+            "group: drop the `# @package model.objective` line of conf/objective/<name>.yaml, "
+            "and set its parameters as objective.<key>=<value> (`objective:` in an experiment "
+            "file), not model.objective.<key>."
+        )
+    container = OmegaConf.to_container(cfg, resolve=False)
+    read = {m.group(1) for text in _strings(container) for m in INTERPOLATED_KEY.finditer(text)}
+    known = declared_keys(config_name) | read
+    for key in sorted(set(cfg) - known):
+        log.warning(
+            "config key %s is not read by osr.%s and has no effect (a typo, a `+key` meant "
+            "for a group such as +trainer.%s, or a config file whose `# @package` line put it "
+            "at the top level?)",
+            key,
+            config_name,
+            key,
+        )
