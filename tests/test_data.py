@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms.functional as TVF
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -11,6 +12,7 @@ from osr.data import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from osr.data.sampling import ShardedBatchSampler, TensorBatchLoader
 from osr.data.transforms import BatchTransform, gaussian_blur
 from osr.scoring.test_sets import ood_datamodules
+from osr.utils.config import CONFIG_DIR
 from osr.utils.errors import DatasetNotFoundError
 from tests.conftest import MIRROR, TINY_TEST, TINY_TRAIN, needs_mirror
 
@@ -242,20 +244,28 @@ def test_tensor_batch_loader_gives_the_dataloaders_own_batches():
     assert [torch.equal(a[0], b[0]) for a, b in zip(own, with_workers, strict=True)] == [True] * 7
 
 
-def test_every_config_option_composes(train_cfg):
-    for overrides in (
-        ["data=fashion_mnist"],
-        ["data=cifar10"],
-        ["model=baseline", "calibration=quantile"],
-        ["trainer=gpu"],
-        ["trainer=ddp"],
-        ["logger=tensorboard"],
-        ["logger=many_loggers"],
-        ["debug=fast"],
-    ):
-        cfg = train_cfg(*overrides)
-        assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
-        instantiate(cfg.data)
+# the groups a user adds options to; an option of data/ needs its ood/for/<name>.yaml
+GROUPS = ("data", "model", "model/net", "model/optimizer", "model/scheduler", "objective")
+GROUPS += ("detectors", "calibration", "trainer", "logger", "debug")
+
+
+def options(group: str) -> list[str]:
+    folder = Path(CONFIG_DIR) / group
+    return sorted(p.stem for p in folder.glob("*.yaml") if (group, p.stem) != ("data", "base"))
+
+
+def test_every_config_option_composes(tiny_data):
+    """Every option of every group, a user's additions included (this test named the shipped
+    ones): composed, its known dataset and OOD sets instantiated."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for group in GROUPS:
+            assert options(group), group
+            for option in options(group):
+                cfg = compose("train", [f"paths.data_dir={tiny_data}", f"{group}={option}"])
+                assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+                instantiate(cfg.data)
+                for ood_set in (cfg.ood.get("sets") or {}).values():
+                    instantiate(ood_set)
 
 
 @needs_mirror
