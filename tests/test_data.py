@@ -196,7 +196,9 @@ def test_missing_dataset_names_dataset_directory_and_fix(tmp_path, module, stats
         dm.setup("fit")
     message = str(info.value)
     assert f"{folder} not found in {tmp_path}" in message
+    assert "data.data_dir=" in message  # before issue 32, only paths.data_dir
     assert "paths.data_dir=" in message and "OSR_DATA_DIR" in message
+    assert "download" not in message  # download=False: it offered a download it would not do
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -206,8 +208,9 @@ def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     dm = MNISTDataModule(str(tmp_path), **MNIST_STATS, download=True)
-    with pytest.raises(DatasetNotFoundError, match="download failed"):
+    with pytest.raises(DatasetNotFoundError, match="download failed") as info:
         dm.prepare_data()
+    assert "data.data_dir=" in str(info.value) and "run once with internet" in str(info.value)
     assert not (tmp_path / "MNIST").exists()
 
 

@@ -20,7 +20,7 @@ from osr.data.sampling import ResumableDataLoader, ShardedBatchSampler, TensorBa
 from osr.data.sources import SOURCES
 from osr.data.transforms import BatchTransform, resize
 from osr.utils.config import plain
-from osr.utils.errors import OSRError
+from osr.utils.errors import DatasetNotFoundError, OSRError
 from osr.utils.phases import phase
 
 
@@ -161,7 +161,22 @@ class ImageDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if not self.source.available(self.data_dir) and self.hparams.download:
-            self.source.download(self.data_dir)
+            try:
+                self.source.download(self.data_dir)
+            except DatasetNotFoundError as e:
+                raise self._how_to_point(e) from None
+
+    def _how_to_point(self, error: DatasetNotFoundError) -> DatasetNotFoundError:
+        """``error`` with the settings that point osr at the dataset, and the download only
+        where it is on."""
+        key = "ood.sets.<name>" if self.is_ood else "data"
+        fix = (
+            f"Point osr at a local copy: {key}.data_dir=/path/to/data for this dataset, or "
+            "paths.data_dir=/path/to/data (or export OSR_DATA_DIR=/path/to/data) for every one"
+        )
+        if self.hparams.download:
+            fix += ", or run once with internet so that it is downloaded"
+        return DatasetNotFoundError(f"{error} {fix}.")
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is None:
@@ -203,7 +218,10 @@ class ImageDataModule(pl.LightningDataModule):
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:
         """A split at ``input_shape``'s size (channels are the transform's job: cheaper on
         the batch than on the whole set)."""
-        images, labels = self.source.load(self.data_dir, train=train, cache_dir=self.cache_dir)
+        try:
+            images, labels = self.source.load(self.data_dir, train=train, cache_dir=self.cache_dir)
+        except DatasetNotFoundError as e:
+            raise self._how_to_point(e) from None
         return resize(images, self.input_shape[-1]), labels
 
     def _check_known(self, known: list[int]) -> None:

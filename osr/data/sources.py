@@ -19,18 +19,12 @@ from torch import Tensor
 from osr.data.image_folder import cached_image_folder
 from osr.utils.errors import DatasetCorruptError, DatasetNotFoundError
 
-HOW_TO_POINT = (
-    "Point the project at a local copy with `paths.data_dir=/path/to/data` on the command line "
-    "or `export OSR_DATA_DIR=/path/to/data`, or run once with internet so it can be downloaded."
-)
-
 Images = tuple[Tensor, Tensor]  # uint8 (N,C,H,W), int64 labels (N,)
 
 
 def _missing(name: str, where: Path, expected: str, reason: str) -> DatasetNotFoundError:
-    return DatasetNotFoundError(
-        f"{name} not found in {where} (expected {expected}); {reason}. {HOW_TO_POINT}"
-    )
+    """What is missing and where; the DataModule adds how to point osr at it."""
+    return DatasetNotFoundError(f"{name} not found in {where} (expected {expected}); {reason}.")
 
 
 def _download(name: str, folder: Path, expected: str, fetch: Callable[[], object]) -> None:
