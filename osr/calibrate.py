@@ -37,7 +37,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> Path:
         detectors = detectors_config(cfg.detectors, ckpt[CONFIG_KEY])
         module.replace_detectors(detectors)
         ckpt[CONFIG_KEY]["detectors"] = detectors
-    datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    datamodule = datamodule_from_checkpoint(ckpt, cfg.data, cfg.paths.data_dir)
     rule = calibration_config(cfg, ckpt[CONFIG_KEY])
     callback = ThresholdCalibration(
         instantiate(rule), cfg.paths.output_dir, checkpoint=str(cfg.ckpt_path)

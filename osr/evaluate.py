@@ -20,6 +20,7 @@ from osr.scoring.test_sets import evaluate
 from osr.scoring.thresholds import calibrate
 from osr.utils.checkpoints import (
     CONFIG_KEY,
+    data_dir_here,
     datamodule_from_checkpoint,
     module_from_checkpoint,
     read_checkpoint,
@@ -30,9 +31,6 @@ from osr.utils.io import write_json
 from osr.utils.wandb_setup import finish_wandb, prepare_wandb
 
 log = logging.getLogger("osr.evaluate")
-
-# where a dataset's files lie on this machine: evaluate.yaml's, not the checkpoint's
-PATH_KEYS = ("data_dir", "cache_dir")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,9 +45,18 @@ def ood_config(cfg: DictConfig, ckpt: dict[str, Any]) -> DictConfig:
     (``ood.limit``, ``ood.normalization``) replacing the checkpoint's."""
     if "sets" in cfg.ood:
         return cfg.ood
-    trained = ckpt[CONFIG_KEY].get("ood") or {}
-    paths = {key: cfg.data[key] for key in PATH_KEYS if key in cfg.data}
-    here = {"sets": {name: paths for name in trained.get("sets") or {}}}
+    run_config = ckpt[CONFIG_KEY]
+    trained = run_config.get("ood") or {}
+    requested, machine = cfg.data.get("data_dir"), cfg.paths.data_dir
+    here = {
+        "sets": {
+            name: {
+                "data_dir": data_dir_here(dataset, run_config, requested, machine),
+                "cache_dir": cfg.data.cache_dir,
+            }
+            for name, dataset in (trained.get("sets") or {}).items()
+        }
+    }
     return OmegaConf.merge(trained, here, cfg.ood)
 
 
@@ -64,7 +71,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
             f"`python -m osr.calibrate ckpt_path={cfg.ckpt_path}` and evaluate the "
             "checkpoints/calibrated.ckpt it writes."
         )
-    datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    datamodule = datamodule_from_checkpoint(ckpt, cfg.data, cfg.paths.data_dir)
     history = ckpt.get("callbacks", {}).get("EpochHistory", {}).get("epochs", [])
     return _evaluate(cfg, module, datamodule, ckpt, str(cfg.ckpt_path), history)
 
@@ -75,7 +82,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict[str, Any]:
     rule, both on their shared validation split (thresholds.json)."""
     paths = [str(cfg.ckpt_path), *map(str, cfg.ensemble)]
     ensemble, ckpt = load_ensemble(paths)
-    datamodule = datamodule_from_checkpoint(ckpt, cfg.data)
+    datamodule = datamodule_from_checkpoint(ckpt, cfg.data, cfg.paths.data_dir)
     datamodule.setup("validate")
     ensemble.to(resolve_device(cfg.device))
     if not ckpt[CONFIG_KEY].get("calibration"):

@@ -2,6 +2,7 @@
 is in today's format (``osr.utils.migrations``), what is written records it."""
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,36 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> pl.LightningModule:
     return module
 
 
-def datamodule_from_checkpoint(ckpt: dict[str, Any], overrides: Any) -> pl.LightningDataModule:
-    """The checkpoint's data config with ``overrides`` applied (e.g. this machine's data_dir)."""
+def data_dir_here(
+    dataset: Mapping[str, Any],
+    run_config: Mapping[str, Any],
+    data_dir: str | None,
+    here: str | None,
+) -> str | None:
+    """Where a dataset of a checkpoint's run lies on this machine: ``data_dir`` when given
+    (``data.data_dir=...``); else the directory the run read it from, when the run named one
+    of its own (``data.data_dir=/x``, not its ``paths.data_dir``) or ``here`` is None; else
+    ``here``, this machine's ``paths.data_dir``."""
+    if data_dir is not None:
+        return str(data_dir)
+    own = dataset.get("data_dir")
+    trained_default = (run_config.get("paths") or {}).get("data_dir")
+    if here is None or (own and trained_default and own != trained_default):
+        return own
+    return here
+
+
+def datamodule_from_checkpoint(
+    ckpt: dict[str, Any], overrides: Any, here: str | None = None
+) -> pl.LightningDataModule:
+    """The checkpoint's data config with ``overrides`` applied (e.g. this machine's
+    cache_dir), its data_dir chosen by ``data_dir_here`` with ``here`` (None: the run's)."""
     config = ckpt.get(CONFIG_KEY)
     if not config:
         raise CheckpointError(NO_CONFIG)
-    return instantiate(OmegaConf.merge(config["data"], plain(overrides)))
+    overrides = dict(plain(overrides) or {})
+    data_dir = data_dir_here(config["data"], config, overrides.pop("data_dir", None), here)
+    return instantiate(OmegaConf.merge(config["data"], overrides, {"data_dir": data_dir}))
 
 
 def restore_best_weights(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
