@@ -271,6 +271,16 @@ def test_every_config_option_composes(tiny_data):
                     instantiate(ood_set)
 
 
+def test_debug_fast_shortens_calibration_and_evaluation(tiny_data):
+    """debug=fast calibrates and evaluates on at most 1,000 images a split: before issue 32,
+    on the whole validation split (10,000), known test split and OOD sets (none limited)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for known in ("mnist", "cifar10"):
+            cfg = compose("train", [f"data={known}", "debug=fast"])
+            assert cfg.data.val_size == cfg.data.test_limit == cfg.ood.limit == 1000
+            assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 20
+
+
 @needs_mirror
 def test_mirror_split_sizes():
     start = time.perf_counter()
