@@ -278,7 +278,17 @@ def test_debug_fast_shortens_calibration_and_evaluation(tiny_data):
         for known in ("mnist", "cifar10"):
             cfg = compose("train", [f"data={known}", "debug=fast"])
             assert cfg.data.val_size == cfg.data.test_limit == cfg.ood.limit == 1000
+            assert cfg.data.fit_limit == 5000
             assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 20
+
+
+def test_detectors_are_fitted_on_fit_limit_training_images(tiny_data):
+    """data.fit_limit: the first images of the training split (before: always all of it)."""
+    whole, dm = mnist(tiny_data), mnist(tiny_data, fit_limit=50)
+    assert torch.equal(dm.train_set.tensors[0], whole.train_set.tensors[0])  # training as before
+    fitted = torch.cat([x for x, _ in dm.train_eval_dataloader()])
+    assert torch.equal(fitted, whole.train_set.tensors[0][:50])
+    assert len(torch.cat([x for x, _ in whole.train_eval_dataloader()])) == len(whole.train_set)
 
 
 @needs_mirror

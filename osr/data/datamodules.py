@@ -38,6 +38,8 @@ class ImageDataModule(pl.LightningDataModule):
             every label becomes this value.
         test_limit: at most this many test images (a random subset drawn with ``seed``), None
             for all.
+        fit_limit: fit the detectors (and the objective's after-training state) on the first
+            this many images of the (randomly ordered) training split; None for all of them.
         download: try torchvision's download when the files are missing.
         channels, image_size: the shape images are brought to (None: the dataset's own,
             1x28x28 digits, 3x32x32 CIFAR-10); an OOD set gets the known set's.
@@ -75,6 +77,7 @@ class ImageDataModule(pl.LightningDataModule):
         known_classes: Sequence[int] | None = None,
         unknown_label: int | None = None,
         test_limit: int | None = None,
+        fit_limit: int | None = None,
         download: bool = True,
         blur_kernel_size: int = 3,
         blur_sigma: Sequence[float] = (0.1, 1.0),
@@ -133,6 +136,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
+        self.fit_set: TensorDataset | None = None
         self.unknown_sets: dict[str, TensorDataset] = {}
         if not self.is_ood:
             self._check_known(self.known_indices)
@@ -206,6 +210,9 @@ class ImageDataModule(pl.LightningDataModule):
         val_idx, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size :]
         self.train_set = TensorDataset(train_x[train_idx], train_y[train_idx])
         self.val_set = TensorDataset(train_x[val_idx], train_y[val_idx])
+        fit_limit = self.hparams.fit_limit
+        if fit_limit is not None and fit_limit < len(train_idx):
+            self.fit_set = TensorDataset(*(t[:fit_limit] for t in self.train_set.tensors))
 
         is_known = relabel[test_y] >= 0
         self.test_set = self._limited(test_x[is_known], relabel[test_y[is_known]])
@@ -299,6 +306,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _splits(self) -> dict[str, TensorDataset]:
         named = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        named |= {"fit": self.fit_set}  # a view of the training split's first images
         return {k: v for k, v in {**named, **self.unknown_sets}.items() if v is not None}
 
     def _nbytes(self) -> int:
@@ -321,9 +329,9 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("train", train=True)
 
     def train_eval_dataloader(self) -> DataLoader:
-        """The training split in order, in evaluation batches, never augmented: what the
-        detectors that need it are fitted on."""
-        return self._loader("train", train=False)
+        """The training split in order (its first ``fit_limit`` images), in evaluation
+        batches, never augmented: what the detectors that need it are fitted on."""
+        return self._loader("fit" if self.fit_set is not None else "train", train=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

@@ -29,9 +29,10 @@ checkpoints written by 8902dcc, eb3a9bb and 74f90fa):
 
 Added with a default that is what older code did, so no step: ``objective`` (none:
 cross-entropy), ``model.compile``, ``model.test_rotations``/``test_shift``/``test_flip``/
-``test_padding``, ``data.translate``/``rotate``/``on_device``/``drop_last``/``cache_dir`` and
-the natural-image augmentation keys. The conformal rule and the new default voting sets
-changed defaults only: a checkpoint keeps the rule and voting set it was calibrated with.
+``test_padding``, ``data.translate``/``rotate``/``on_device``/``drop_last``/``cache_dir``/
+``fit_limit`` and the natural-image augmentation keys. The conformal rule and the new default
+voting sets changed defaults only: a checkpoint keeps the rule and voting set it was calibrated
+with.
 """
 
 from collections.abc import Callable
