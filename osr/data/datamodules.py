@@ -213,6 +213,13 @@ class ImageDataModule(pl.LightningDataModule):
         fit_limit = self.hparams.fit_limit
         if fit_limit is not None and fit_limit < len(train_idx):
             self.fit_set = TensorDataset(*(t[:fit_limit] for t in self.train_set.tensors))
+            missing = set(range(len(known))) - set(self.fit_set.tensors[1].tolist())
+            if missing:
+                raise OSRError(
+                    f"data.fit_limit={fit_limit}: the first {fit_limit} training images of "
+                    f"{self.name} hold no image of class {sorted(missing)}, which the detectors "
+                    "are fitted on. Raise data.fit_limit, or set it to null (every image)."
+                )
 
         is_known = relabel[test_y] >= 0
         self.test_set = self._limited(test_x[is_known], relabel[test_y[is_known]])
