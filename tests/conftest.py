@@ -1,7 +1,6 @@
 """Fixtures: a tiny dataset mirror written by the tests, and the real Hydra config."""
 
 import os
-import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import torchvision
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from osr.data import local
 from osr.data.sources import CIFAR10Source
 from osr.utils.config import CONFIG_DIR
 
@@ -32,11 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write an array in the IDX format MNIST ships in (uint8 data)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}i", *array.shape
-    )
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+    local.write_idx(path, torch.from_numpy(array.astype(np.uint8)))
 
 
 def digit_like(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -4,6 +4,7 @@ whose every key is read."""
 
 import re
 import shlex
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from osr.evaluate import evaluate_checkpoint
 from osr.train import train
 from osr.utils.config import CONFIG_DIR, check_config, instantiate_module
 from tests.conftest import REPO, TINY_TRAINING
@@ -25,6 +28,8 @@ RECIPE = re.compile(r"```(?:python|yaml)\n# ((?:osr|conf)/\S+)\n(.*?)```", re.DO
 COMMAND = re.compile(
     r"(?:^|`)python -m osr\.(train|evaluate|calibrate|predict)((?: [^`#\n]+)?)", re.MULTILINE
 )
+# a script of the user's: "# make_mnist_rot90.py: what it does"
+SCRIPT = re.compile(r"```python\n# (\w+\.py): .*?\n(.*?)```", re.DOTALL)
 ENTRY_ARGS = {"evaluate": ["ckpt_path=x"], "calibrate": ["ckpt_path=x"]}
 ENTRY_ARGS["predict"] = ["ckpt_path=x", "inputs=x"]
 
@@ -32,6 +37,11 @@ ENTRY_ARGS["predict"] = ["ckpt_path=x", "inputs=x"]
 def recipes() -> dict[str, str]:
     """The README's recipe files by path."""
     return {path: text for path, text in RECIPE.findall(README)}
+
+
+def scripts() -> dict[str, str]:
+    """The README's scripts by file name."""
+    return dict(SCRIPT.findall(README))
 
 
 def commands() -> list[tuple[str, list[str]]]:
@@ -78,7 +88,12 @@ def test_the_readme_holds_its_recipes():
         "osr/objectives/focal.py",
         "conf/objective/focal.yaml",
         "conf/detectors/knn20.yaml",
+        "conf/data/mnist_rot90.yaml",
+        "conf/ood/for/mnist_rot90.yaml",
+        "conf/data/shapes.yaml",
+        "conf/ood/for/shapes.yaml",
     }
+    assert set(scripts()) == {"make_mnist_rot90.py"}
     assert len(commands()) >= 25
 
 
@@ -116,3 +131,57 @@ def test_the_objective_recipe_trains_calibrates_and_evaluates(installed, train_c
     metrics, objects = train(train_cfg(installed, "objective=focal", *TINY_TRAINING))
     assert type(objects["model"].objective).__name__ == "FocalLoss"
     assert 0 <= metrics["open_set.accuracy"] <= 1
+
+
+def write_shapes(folder: Path, per_class: int) -> None:
+    """PNGs in <split>/<class>/: a coloured square on a dark background, its colour the class."""
+    g = torch.Generator().manual_seed(0)
+    for c, colour in enumerate(([255, 40, 40], [40, 255, 40], [40, 40, 255])):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            image = torch.randint(0, 50, (3, 32, 32), dtype=torch.uint8, generator=g)
+            top, left = torch.randint(0, 16, (2,), generator=g).tolist()
+            image[:, top : top + 16, left : left + 16] = torch.tensor(colour)[:, None, None]
+            torchvision.io.write_png(image, str(folder / f"class{c}" / f"{i}.png"))
+
+
+@pytest.mark.slow
+def test_the_dataset_recipes_train_as_known_and_ood_sets_and_evaluate(
+    installed, train_cfg, evaluate_cfg, tiny_data, tmp_path, monkeypatch
+):
+    """As the README says: the user's script writes data/mnist_rot90/ (here from the tiny
+    MNIST), a model trains on it and osr.evaluate of its checkpoint gives the same figures;
+    a model trained on an image folder (data/shapes/) is evaluated on it as an OOD set."""
+    user = tmp_path / "user"
+    shutil.copytree(tiny_data / "MNIST", user / "data" / "MNIST")
+    monkeypatch.chdir(user)
+    exec(compile(scripts()["make_mnist_rot90.py"], "make_mnist_rot90.py", "exec"), {})
+    write_shapes(user / "data" / "shapes" / "train", per_class=60)
+    write_shapes(user / "data" / "shapes" / "test", per_class=10)
+    here = (installed, f"paths.root_dir={user}")
+
+    cfg = train_cfg(*here, "data=mnist_rot90", "model=baseline", *TINY_TRAINING)
+    metrics, objects = train(cfg)
+    rot90 = objects["datamodule"]
+    assert (rot90.name, rot90.class_names[3]) == ("mnist_rot90", "three")
+    mnist = torchvision.datasets.MNIST(str(user / "data"), train=False)
+    expected = mnist.data.rot90(1, (1, 2))[rot90.test_set.tensors[1] == 3][0]
+    assert torch.equal(rot90.test_set.tensors[0][rot90.test_set.tensors[1] == 3][0, 0], expected)
+    again = evaluate_checkpoint(evaluate_cfg(Path(cfg.paths.output_dir) / "checkpoints/best.ckpt"))
+    assert again["closed_set.accuracy"] == pytest.approx(metrics["closed_set.accuracy"])
+    assert "ood.fashion_mnist.scores.msp.auroc" in again
+
+    cfg = train_cfg(
+        *here,
+        "data=shapes",
+        "model=baseline",
+        "+data@ood.sets.mnist_rot90=mnist_rot90",
+        *TINY_TRAINING,
+        "data.val_size=80",
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "shapes_run")
+    metrics, objects = train(cfg)
+    assert objects["datamodule"].class_names == ["class0", "class1", "class2"]
+    assert objects["datamodule"].input_shape == (3, 32, 32)
+    assert 0 <= metrics["ood.mnist_rot90.scores.msp.auroc"] <= 1

@@ -112,8 +112,12 @@ class ImageDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         if self.cache_dir is not None:
             check_cache_dir(self.cache_dir, self.data_dir)
-        self.source = SOURCES[self.source_name]
-        native_channels, native_size = self.source.shape
+        self.source = self.make_source()
+        if channels is None or image_size is None:  # an OOD set takes the known set's
+            try:
+                native_channels, native_size = self.native_shape()
+            except DatasetNotFoundError as e:
+                raise self._how_to_point(e) from None
         self.input_shape = (
             channels or native_channels,
             image_size or native_size,
@@ -141,6 +145,18 @@ class ImageDataModule(pl.LightningDataModule):
         if not self.is_ood:
             self._check_known(self.known_indices)
 
+    def make_source(self) -> Any:
+        """Where the images come from: ``SOURCES[source_name]`` for the built-in datasets."""
+        return SOURCES[self.source_name]
+
+    def native_shape(self) -> tuple[int, int]:
+        """(channels, side) of the dataset's own images."""
+        return self.source.shape
+
+    @property
+    def downloadable(self) -> bool:
+        return hasattr(self.source, "download")
+
     @property
     def is_ood(self) -> bool:
         return self.hparams.unknown_label is not None
@@ -164,7 +180,7 @@ class ImageDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def prepare_data(self) -> None:
-        if not self.source.available(self.data_dir) and self.hparams.download:
+        if not self.source.available(self.data_dir) and self.hparams.download and self.downloadable:
             try:
                 self.source.download(self.data_dir)
             except DatasetNotFoundError as e:
@@ -178,7 +194,7 @@ class ImageDataModule(pl.LightningDataModule):
             f"Point osr at a local copy: {key}.data_dir=/path/to/data for this dataset, or "
             "paths.data_dir=/path/to/data (or export OSR_DATA_DIR=/path/to/data) for every one"
         )
-        if self.hparams.download:
+        if self.hparams.download and self.downloadable:
             fix += ", or run once with internet so that it is downloaded"
         return DatasetNotFoundError(f"{error} {fix}.")
 
