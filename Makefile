@@ -20,8 +20,11 @@ endif
 train: $(VENV)/.installed
 	$(PY) -m osr.train model=mlae $(ARGS)
 
+# the suite in TEST_WORKERS processes (each file's tests in one), one thread each: on two
+# cores, two single-thread workers finish sooner than one process of two threads
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

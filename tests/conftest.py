@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,11 +158,23 @@ def slow_marker_is_honest(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         monkeypatch.setattr(pl.Trainer, "fit", refuse)
 
 
+# the run directories of entry points started by run_module, removed when the tests end
+HYDRA_ENTRY_POINTS = ("osr.train", "osr.evaluate", "osr.calibrate", "osr.predict")
+RUN_DIRS = tempfile.TemporaryDirectory(prefix="osr-test-runs-")
+
+
 def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` from the repository, as a user runs it."""
+    """``python -m <module> <args>`` from the repository, as a user runs it. An entry point's
+    run or sweep directory is a fresh temporary one unless ``args`` name it: never the
+    repository's outputs/, where tests running side by side would share a second's folder."""
     if module == "osr.train" and not RUNNING_SLOW_TEST["marked"]:
         pytest.fail("this test starts osr.train: mark it @pytest.mark.slow")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if module in HYDRA_ENTRY_POINTS:
+        where = Path(tempfile.mkdtemp(dir=RUN_DIRS.name))
+        for key in ("hydra.run.dir", "hydra.sweep.dir"):
+            if not any(arg.startswith(f"{key}=") for arg in args):
+                args = (*args, f"{key}={where / key.split('.')[1]}")
     cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
