@@ -100,7 +100,7 @@ class HandLoop:
 
     def __init__(self, model, batches: Iterator, transform=None) -> None:
         self.model, self.batches, self.transform = model, batches, transform
-        self.optimizer = model.configure_optimizers()
+        self.optimizer = model.build_optimizer()
         model.train()
 
     def run(self, steps: int | None) -> int:
@@ -140,7 +140,7 @@ class PlainLightning(pl.LightningModule):
         return self.module._loss(*batch)[0]
 
     def configure_optimizers(self):
-        return self.module.configure_optimizers()
+        return self.module.build_optimizer()
 
 
 class Interleaved:

@@ -170,7 +170,8 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
     if module == "osr.train" and not RUNNING_SLOW_TEST["marked"]:
         pytest.fail("this test starts osr.train: mark it @pytest.mark.slow")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if module in HYDRA_ENTRY_POINTS:
+    resumes = module == "osr.train" and any(arg.startswith("ckpt_path=") for arg in args)
+    if module in HYDRA_ENTRY_POINTS and not resumes:  # a resumed run goes on in its own folder
         where = Path(tempfile.mkdtemp(dir=RUN_DIRS.name))
         for key in ("hydra.run.dir", "hydra.sweep.dir"):
             if not any(arg.startswith(f"{key}=") for arg in args):

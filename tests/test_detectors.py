@@ -83,7 +83,7 @@ def trained(kind: str) -> Classifier | AutoencoderClassifier:
         compose_train(f"model={kind}").model, class_names=CLASSES, voting_scores=["max_logit"]
     )
     x, y = digits(200, seed=0)
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     for _ in range(30):
         optimizer.zero_grad()
         module._loss(x, y)[0].backward()

@@ -94,7 +94,9 @@ def test_a_trained_model_separates_the_ood_sets_from_the_known_digits(train_cfg,
     """Three real epochs: every sign between the scores and metrics.json must be right."""
     train(train_cfg("model=mlae", "trainer.max_epochs=3", "report.tsne_points=0"))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["known_rejection_rate"] <= 0.1
+    # the tiny runs' budget is alpha 0.1 on 100 calibration images: over 120 test digits the
+    # realized rate scatters around it (its std about 0.03), and a wrong sign would reject most
+    assert metrics["known_rejection_rate"] <= 0.2
     for name in ("fashion_mnist", "cifar10"):
         assert metrics[f"ood.{name}.rejection_rate"] >= metrics["known_rejection_rate"] + 0.8
         voting = f"ood.{name}.scores.recon_l2"

@@ -100,7 +100,7 @@ def test_one_step_lowers_the_loss(kind):
     torch.manual_seed(0)
     module = make_module(kind).eval()  # eval: the loss is compared without dropout noise
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     before, _, _ = module._loss(x, y)
     before.backward()
     optimizer.step()

@@ -331,7 +331,7 @@ def test_objective_terms_are_logged_and_its_parameters_trained():
     module = build_module("model=mlae", "objective=center")
     assert module.loss_terms == ("rec_mse", "ce", "center")
     assert module.train_sums.names == ("loss", "rec_mse", "ce", "center")
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     centers = module.objective.centers
     assert any(p is centers for group in optimizer.param_groups for p in group["params"])
     before = centers.detach().clone()

@@ -49,7 +49,7 @@ def host_syncs(monkeypatch):
 def test_training_step_and_update_make_no_host_sync(kind, objective, train_cfg, host_syncs):
     cfg = train_cfg(f"model={kind}", f"objective={objective}")
     module = instantiate_module(cfg, class_names=[str(c) for c in range(10)])
-    optimizer = module.configure_optimizers()  # the configured (fused) Adam
+    optimizer = module.build_optimizer()  # the configured (fused) Adam
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
     module.train()
     for step in range(4):

@@ -382,8 +382,26 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True, batch_size=n)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the module's parameters, without its schedule (which
+        needs the Trainer's step count): what a hand-written loop steps."""
+        return instantiate(self.hparams.optimizer)(params=self.parameters())
+
+    def _estimated_steps(self) -> int:
+        """The trainer's estimate of the optimizer steps of the whole training. Lightning
+        builds the training loader to count its batches; here that happens before a resumed
+        checkpoint is read, and Lightning loads a loader's saved position only when it builds
+        the loader, so the loader built here is dropped to be built again after the checkpoint
+        is read (else a run resumed mid-epoch would restart the epoch's order)."""
+        loop = self.trainer.fit_loop
+        built_before = loop._combined_loader is not None
+        steps = self.trainer.estimated_stepping_batches
+        if not built_before:
+            loop._combined_loader = None
+        return steps
+
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = self.build_optimizer()
         if not self.hparams.scheduler:
             return optimizer
         scheduler_cfg = dict(self.hparams.scheduler)
@@ -392,7 +410,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         build = instantiate(scheduler_cfg)
         if "total_steps" in inspect.signature(build).parameters:
             # schedules over the whole training (osr.optim.warmup_cosine)
-            build = partial(build, total_steps=self.trainer.estimated_stepping_batches)
+            build = partial(build, total_steps=self._estimated_steps())
         scheduler = build(optimizer=optimizer)
         return {
             "optimizer": optimizer,
