@@ -47,10 +47,11 @@ def build_objective(
     try:
         objective = instantiate(config, num_classes=num_classes, feature_dim=feature_dim)
     except InstantiationException as e:
+        cause = str(e.__cause__ or e).strip().splitlines()[-1]  # the constructor's own error
         raise OSRError(
-            f"model.objective: could not build {config['_target_']} "
-            f"({str(e).splitlines()[0]}). Check its _target_ and arguments."
+            f"objective: could not build {config['_target_']} ({cause}). Check its _target_ "
+            "and its parameters (objective.<key>=...)."
         ) from None
     if not isinstance(objective, Objective):
-        raise OSRError(f"model.objective: {config['_target_']} is not an osr.objectives.Objective.")
+        raise OSRError(f"objective: {config['_target_']} is not an osr.objectives.Objective.")
     return objective
