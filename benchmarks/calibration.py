@@ -21,8 +21,9 @@ from benchmarks import notebook
 from benchmarks.common import MIRROR, offline_config, report, timed
 from osr.detectors.scores import otsu_binarize
 from osr.modules import AutoencoderClassifier
+from osr.scoring.calibration import calibrate
 from osr.scoring.test_sets import evaluate
-from osr.scoring.thresholds import MeanStd, calibrate
+from osr.scoring.thresholds import MeanStd
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 
 

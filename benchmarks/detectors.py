@@ -15,9 +15,10 @@ import time
 
 from benchmarks.common import MIRROR, RESULTS, machine, offline_config
 from osr.detectors.builtin import BUILTIN
+from osr.scoring.calibration import calibrate
 from osr.scoring.outputs import fit_detectors
 from osr.scoring.test_sets import evaluate
-from osr.scoring.thresholds import MeanStd, calibrate
+from osr.scoring.thresholds import MeanStd
 from osr.utils.checkpoints import (
     datamodule_from_checkpoint,
     module_from_checkpoint,

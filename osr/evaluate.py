@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
 from osr.reporting.run_record import commit, write_run_record
-from osr.scoring.conformal import curve_rule
+from osr.scoring.calibration import calibrate
 from osr.scoring.ensemble import load_ensemble
+from osr.scoring.operating_curve import curve_rule
 from osr.scoring.test_sets import evaluate
-from osr.scoring.thresholds import calibrate
 from osr.utils.checkpoints import (
     CONFIG_KEY,
     data_dir_here,

@@ -19,6 +19,8 @@ from torchvision.transforms.v2 import functional as TF
 from osr.data.labels import UNKNOWN_NAME
 from osr.data.transforms import BatchTransform
 from osr.evaluate import resolve_device
+from osr.modules.open_set import OpenSetModule
+from osr.scoring.p_values import benjamini_hochberg, check_fdr, p_values
 from osr.utils.checkpoints import module_from_checkpoint, read_checkpoint
 from osr.utils.config import check_config, exits_on_user_error
 from osr.utils.errors import NotCalibratedError, OSRError
@@ -92,6 +94,8 @@ def load_images(
 
 @torch.no_grad()  # not inference_mode: input-gradient detectors (ODIN) turn gradients on
 def predict(cfg: DictConfig) -> Path:
+    if cfg.fdr is not None:
+        check_fdr(cfg.fdr)
     ckpt = read_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(ckpt).eval().to(resolve_device(cfg.device))
     if not module.is_calibrated:
@@ -113,34 +117,62 @@ def predict(cfg: DictConfig) -> Path:
 
     names = [*module.hparams.class_names, UNKNOWN_NAME]
     thresholds = module.threshold_dict()
-    columns = ["path", "prediction", "label"]
-    columns += [c for s in module.score_names for c in (s, f"{s}_threshold")]
+    batches = range(0, len(paths), cfg.batch_size)
+    labels, classes, scores = [], [], []
+    for start in track(batches, description="predicting", disable=len(batches) < 2):
+        x = transform(images[start : start + cfg.batch_size].to(module.device))
+        batch_logits, batch_scores = module.logits_and_scores(x)
+        labels.append(module.decide(batch_logits, batch_scores).cpu())
+        classes.append(batch_logits.argmax(1).cpu())
+        scores.append({k: v.cpu() for k, v in batch_scores.items()})
+    label = torch.cat(labels)
+    score = {s: torch.cat([b[s] for b in scores]) for s in module.score_names}
+    columns = {"path": [str(p) for p in paths], "prediction": [names[i] for i in label.tolist()]}
+    columns["label"] = label.tolist()
+    for s in module.score_names:
+        columns[s] = score[s].tolist()
+        columns[f"{s}_threshold"] = [thresholds[s]] * len(paths)
+    columns |= batch_decisions(cfg, module, torch.cat(classes), score, names)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    batches = range(0, len(paths), cfg.batch_size)
-    counts = torch.zeros(len(names), dtype=torch.long)
-    for start in track(batches, description="predicting", disable=len(batches) < 2):
-        x = transform(images[start : start + cfg.batch_size].to(module.device))
-        logits, scores = module.logits_and_scores(x)
-        labels = module.decide(logits, scores).cpu()
-        counts += torch.bincount(labels, minlength=len(names))
-        scores = {k: v.cpu().tolist() for k, v in scores.items()}
-        for i, label in enumerate(labels.tolist()):
-            row = [str(paths[start + i]), names[label], label]
-            row += [v for s in module.score_names for v in (scores[s][i], thresholds[s])]
-            writer.writerow(row)
+    writer.writerows(zip(*columns.values(), strict=True))
     output = Path(cfg.output)
     if not output.is_absolute():
         output = Path(cfg.paths.output_dir) / output
     write_text(output, buffer.getvalue())
-    unknown = int(counts[-1])
+    unknown = int((label == module.unknown_label).sum())
     summary = (
         f"predicted {len(paths)} images: {len(paths) - unknown} known, {unknown} unknown; "
         f"{len(skipped)} files skipped (not readable PNG/JPEG images) -> {output}"
     )
     log.info(summary)
+    if cfg.fdr is not None:
+        called = columns["fdr_prediction"].count(UNKNOWN_NAME)
+        log.info("Benjamini-Hochberg at fdr=%s over the batch: %d unknown", cfg.fdr, called)
     return output
+
+
+def batch_decisions(
+    cfg: DictConfig, module: OpenSetModule, classes: Tensor, score: dict[str, Tensor], names: list
+) -> dict[str, list]:
+    """The conformal p-value of each image and, with ``fdr``, the batch's Benjamini-Hochberg
+    decision: UNKNOWN where BH rejects the image, its most likely class elsewhere."""
+    if not module.conformal_reference:
+        if cfg.fdr is not None:
+            raise NotCalibratedError(
+                f"checkpoint {cfg.ckpt_path} holds no conformal reference (calibrated before "
+                "p-values were kept), so fdr= cannot be applied: calibrate it again with "
+                f"`python -m osr.calibrate ckpt_path={cfg.ckpt_path}`."
+            )
+        log.warning("no p_value column: calibrate the checkpoint again to get p-values")
+        return {}
+    p = p_values(module.conformal_reference, score)
+    columns: dict[str, list] = {"p_value": p.tolist()}
+    if cfg.fdr is not None:
+        decided = torch.where(benjamini_hochberg(p, cfg.fdr), module.unknown_label, classes)
+        columns["fdr_prediction"] = [names[i] for i in decided.tolist()]
+    return columns
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

@@ -19,7 +19,7 @@ from osr.modules.open_set import OpenSetModule
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
 from osr.reporting.run_record import commit, write_run_record
-from osr.scoring.conformal import curve_rule
+from osr.scoring.operating_curve import curve_rule
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
 from osr.utils.config import (

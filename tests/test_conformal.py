@@ -161,7 +161,13 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
     module, datamodule = objects["model"], objects["datamodule"]
     run = tmp_path / "run"
     record = json.loads((run / "thresholds.json").read_text())
-    assert record["rule"] == {"alpha": 0.1, "rank_fraction": 0.5, "seed": 0, "name": "conformal"}
+    assert record["rule"] == {
+        "alpha": 0.1,
+        "delta": None,
+        "rank_fraction": 0.5,
+        "seed": 0,
+        "name": "conformal",
+    }
     union = record["union_of_votes"]
     assert (union["rank_part"], union["threshold_part"], union["rank"]) == (50, 50, 46)
     assert "exchangeable" in union["guarantee"]
@@ -183,6 +189,8 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
     test = {name: saved[f"mnist.scores.{name}"] for name in val}
     test_rejected = saved["mnist.predictions"] == module.unknown_label
     assert np.array_equal(test_rejected, union_decisions_by_numpy(val, test, 0.1, seed=0))
+    # the conformal p-values: at most alpha exactly where the rule rejects
+    assert np.array_equal(saved["mnist.p_value"] <= 0.1, test_rejected)
 
     curve = json.loads((run / "operating_curve.json").read_text())
     assert curve["voting_scores"] == voting
@@ -236,3 +244,54 @@ def test_osr_calibrate_keeps_the_checkpoints_rule_unless_told_otherwise():
     assert calibration_config(unnamed, run_config) == run_config["calibration"]
     with pytest.raises(OSRError, match=r"run.ckpt records no calibration rule: name one, e.g."):
         calibration_config(unnamed, {})
+
+
+def test_the_pac_rank_is_the_smallest_meeting_the_beta_bound():
+    from scipy.stats import beta
+
+    for n, alpha, delta in [(1000, 0.01, 0.05), (2500, 0.01, 0.1), (400, 0.05, 0.01)]:
+        k = conformal_rank(n, alpha, delta)
+        assert beta.cdf(1 - alpha, k, n + 1 - k) <= delta
+        assert beta.cdf(1 - alpha, k - 1, n + 2 - k) > delta
+        assert k >= conformal_rank(n, alpha)
+    # (1 - alpha)^n <= delta needs n >= log(delta) / log(1 - alpha): 299 at 1% and 5%
+    assert conformal_rank(299, 0.01, 0.05) == 299
+    with pytest.raises(OSRError, match="delta=0.05 needs at least 299 calibration images"):
+        conformal_rank(298, 0.01, 0.05)
+    with pytest.raises(OSRError, match=r"calibration.delta=1.5 must lie in \(0, 1\)"):
+        Conformal(delta=1.5)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_with_delta_few_calibration_draws_reject_more_than_alpha(m, monkeypatch):
+    """Over 800 calibration draws, the share of draws whose rejection rate (exact, from the
+    scores' law) exceeds alpha is at most delta, and it is the Beta law's; with the rank one
+    lower, that law puts it above delta."""
+    from scipy.stats import beta, norm
+
+    import osr.scoring.conformal as conformal
+
+    alpha, delta, draws = 0.05, 0.1, 800
+    n = 400 if m == 1 else 800  # 400 images set the union's threshold too
+    g = torch.Generator().manual_seed(m)
+    exceeded = {0: 0, -1: 0}
+    for draw in range(draws):
+        # m independent standard normal scores: the rejection rate of thresholds is exact
+        cal = {f"s{d}": torch.randn(n, generator=g) for d in range(m)}
+        for shift in exceeded:
+            with monkeypatch.context() as patch:
+                rank = conformal.conformal_rank
+                patch.setattr(conformal, "conformal_rank", lambda *a, r=rank, s=shift: r(*a) + s)
+                rule = Conformal(alpha=alpha, delta=delta, seed=draw)
+                thresholds, record = rule.fit_union_record(cal)
+            kept = np.prod([norm.cdf(t) for t in thresholds.values()])
+            exceeded[shift] += bool(1 - kept > alpha)
+    assert record["delta"] == delta and "probability at least 0.9" in record["guarantee"]
+    part = record["threshold_part"]
+    assert part == 400 and record["rank"] == conformal_rank(part, alpha, delta) - 1
+    for shift, count in exceeded.items():
+        k = conformal_rank(part, alpha, delta) + shift
+        law = beta.cdf(1 - alpha, k, part + 1 - k)  # 0.099 for the rank, 0.150 one lower
+        assert (law <= delta) == (shift == 0)
+        assert count / draws == pytest.approx(law, abs=3 * math.sqrt(law * (1 - law) / draws))
+    assert exceeded[0] / draws <= delta + 2 * math.sqrt(delta * (1 - delta) / draws)

@@ -12,8 +12,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import Tensor
 
 from osr.modules import Classifier
-from osr.scoring.conformal import Conformal, operating_curve
+from osr.scoring.conformal import Conformal
 from osr.scoring.metrics import SetOutputs, open_set_metrics, oscr, separation
+from osr.scoring.operating_curve import operating_curve
 from osr.scoring.thresholds import MeanStd, Quantile, fit_thresholds
 from osr.utils.errors import OSRError
 from tests.test_models import CLASSES, OPTIMIZER

@@ -146,3 +146,28 @@ def test_no_images_is_a_clear_error(checkpoint, tmp_path):
     assert done.returncode == 2
     assert "none of its 1 files is a readable PNG or JPEG image" in done.stderr
     assert not (tmp_path / "q" / "predictions.csv").exists()
+
+
+@pytest.mark.slow
+def test_p_values_and_the_batch_decision_by_benjamini_hochberg(checkpoint, images, tmp_path):
+    from osr.scoring.p_values import benjamini_hochberg, p_values
+
+    folder, digits = images
+    done = predict(
+        f"ckpt_path={checkpoint}", f"inputs={folder}", "fdr=0.3", f"hydra.run.dir={tmp_path / 'p'}"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_rows(tmp_path / "p" / "predictions.csv")
+    module = module_from_checkpoint(read_checkpoint(checkpoint)).eval()
+    assert module.conformal_reference["voting"] == list(module.hparams.voting_scores)
+    scores = {s: torch.tensor([float(r[s]) for r in rows]) for s in module.score_names}
+    p = p_values(module.conformal_reference, scores)
+    assert [float(r["p_value"]) for r in rows] == pytest.approx(p.tolist(), rel=1e-6)
+    rejected = benjamini_hochberg(p, 0.3).tolist()
+    assert [r["fdr_prediction"] == "unknown" for r in rows] == rejected
+    # the noise images are the unknowns BH finds; a kept image gets its most likely class
+    assert rejected[5] and rejected[6]
+    kept = [r for r, out in zip(rows, rejected, strict=True) if not out]
+    assert all(r["fdr_prediction"] in module.hparams.class_names for r in kept)
+    bad = predict(f"ckpt_path={checkpoint}", f"inputs={folder}", "fdr=1.5")
+    assert bad.returncode == 2 and "fdr=1.5 must lie in (0, 1)" in bad.stderr

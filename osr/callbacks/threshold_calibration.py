@@ -11,7 +11,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from osr.modules.open_set import OpenSetModule
-from osr.scoring.thresholds import ThresholdRule, calibrate
+from osr.scoring.calibration import calibrate
+from osr.scoring.thresholds import ThresholdRule
 from osr.utils.checkpoints import restore_best_weights, write_thresholds
 from osr.utils.io import write_json
 from osr.utils.phases import phase

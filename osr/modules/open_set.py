@@ -32,6 +32,9 @@ from osr.utils.errors import NotCalibratedError, OSRError
 THRESHOLDS_KEY = "osr_thresholds"  # checkpoint key of the calibrated thresholds, by detector
 DETECTORS_KEY = "osr_detectors"  # checkpoint key of the detectors' fitted state, by detector
 OBJECTIVE_KEY = "osr_objective"  # checkpoint key of what the objective fitted after training
+# checkpoint key of the calibration images' voting statistic that conformal p-values are
+# computed against (osr.scoring.p_values)
+REFERENCE_KEY = "osr_conformal_reference"
 # no NaN checks: each would wait for the device every step
 mean_metric = partial(MeanMetric, nan_strategy="disable")
 
@@ -242,6 +245,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
             voting_scores or self.hparams.voting_scores, self.detectors, "model.voting_scores"
         )
         self.thresholds: dict[str, float] = {}
+        self.conformal_reference: dict[str, Any] = {}
 
     @property
     def score_names(self) -> tuple[str, ...]:
@@ -282,6 +286,7 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
             THRESHOLDS_KEY: dict(self.thresholds),
             DETECTORS_KEY: fitted,
             OBJECTIVE_KEY: self.objective.fitted_state(),
+            REFERENCE_KEY: self.conformal_reference,
         }
 
     def load_open_set_state(self, checkpoint: dict[str, Any]) -> None:
@@ -296,6 +301,9 @@ class OpenSetModule(TrainingFigures, pl.LightningModule):
         else:
             thresholds = checkpoint.get(THRESHOLDS_KEY, {})
         self.thresholds = {n: v for n, v in thresholds.items() if n in self.detectors}
+        reference = checkpoint.get(REFERENCE_KEY, {})
+        voting = list(self.hparams.voting_scores)
+        self.conformal_reference = reference if reference.get("voting") == voting else {}
         for name, state in checkpoint.get(DETECTORS_KEY, {}).items():
             if name in self.detectors:
                 self.detectors[name].load_fitted_state(state)

@@ -11,6 +11,7 @@ from sklearn.manifold import TSNE
 from osr.detectors.scores import otsu_binarize
 from osr.modules.open_set import OpenSetModule
 from osr.reporting import plots
+from osr.scoring.p_values import p_values
 from osr.scoring.test_sets import Evaluation
 from osr.utils.io import atomic_write, write_json, write_text
 
@@ -238,12 +239,17 @@ def publish(
         logger.save()
 
 
-def write_scores(path: str | Path, evaluation: Evaluation) -> Path:
+def write_scores(
+    path: str | Path, evaluation: Evaluation, reference: dict[str, Any] | None = None
+) -> Path:
     """Every evaluated image's scores, logits, label and decision, by set, in one ``.npz``
-    (keys ``<set>.labels``, ``<set>.predictions``, ``<set>.logits``, ``<set>.scores.<score>``),
+    (keys ``<set>.labels``, ``<set>.predictions``, ``<set>.logits``, ``<set>.scores.<score>``,
+    and ``<set>.p_value``, the conformal p-value against ``reference``, when there is one),
     so that metrics.json can be recomputed or extended without running the model again."""
     arrays: dict[str, np.ndarray] = {}
     for name, out in evaluation.outputs.items():
+        if reference:
+            arrays[f"{name}.p_value"] = p_values(reference, out.scores).numpy()
         arrays[f"{name}.labels"] = out.labels.numpy()
         arrays[f"{name}.predictions"] = out.predictions.numpy()
         arrays[f"{name}.logits"] = out.logits.numpy()
@@ -271,7 +277,7 @@ def write_results(
     metrics = evaluation.metrics
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "operating_curve.json", evaluation.operating_curve)
-    write_scores(run_dir / "scores.npz", evaluation)
+    write_scores(run_dir / "scores.npz", evaluation, module.conformal_reference)
     write_text(run_dir / "report.md", render_report(metrics, evaluation, info, plot_paths, run_dir))
     publish(loggers, metrics, separation_rows(metrics, evaluation), plot_paths)
     return plot_paths

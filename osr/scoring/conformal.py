@@ -12,35 +12,76 @@ conformal threshold of that statistic is taken on the second part. A rank is an 
 function of the score, so exceeding the bound is exceeding one score per detector: the union
 rule is again one threshold per detector, applied by ``OpenSetModule.decide`` as every other
 rule's.
+
+With ``delta`` set, the guarantee holds for the calibration set drawn rather than on average
+over draws (calibration-conditional, "PAC"): the share of known images rejected given the
+calibration images is Beta(n + 1 - k, k)-distributed over draws (Vovk 2012, "Conditional
+validity of inductive conformal predictors"), so the rank is raised to the smallest k with
+P(Beta(k, n + 1 - k) < 1 - alpha) <= delta.
 """
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from scipy.special import betainc
 from torch import Tensor
 
 from osr.scoring.thresholds import decision_values
 from osr.utils.errors import OSRError
 
-GUARANTEE = (
-    "P(a known image is rejected) <= alpha, over the draw of the calibration images and the "
-    "image, when the two are exchangeable (drawn from the same distribution)"
+EXCHANGEABLE = (
+    "when the calibration images and the known image are exchangeable (drawn from the same "
+    "distribution, the calibration images used for nothing else)"
 )
 
 
-def conformal_rank(n: int, alpha: float) -> int:
-    """k = ceil((n + 1)(1 - alpha)): the k-th smallest of n calibration scores is the
-    threshold. Raises when n is too small for alpha (k > n: no finite threshold keeps it)."""
+def guarantee(alpha: float, delta: float | None) -> str:
+    """The guarantee a conformal threshold gives, in words (thresholds.json, report.md)."""
+    if delta is None:
+        return (
+            f"P(a known image is rejected) <= {alpha}, on average over the draw of the "
+            f"calibration images and the image, {EXCHANGEABLE}"
+        )
+    return (
+        f"with probability at least {1 - delta:g} over the draw of the calibration images, "
+        f"P(a known image is rejected | those images) <= {alpha}, {EXCHANGEABLE}"
+    )
+
+
+def coverage_shortfall(k: int, n: int, alpha: float) -> float:
+    """P(Beta(k, n + 1 - k) < 1 - alpha): the probability over calibration draws that the
+    k-th smallest of n scores keeps less than 1 - alpha of known images."""
+    return float(betainc(k, n + 1 - k, 1 - alpha))
+
+
+def images_needed(alpha: float, delta: float | None) -> int:
+    """The fewest calibration images for which some rank keeps the guarantee (k = n)."""
+    if delta is None:
+        return math.ceil(1 / alpha - 1e-9) - 1
+    return math.ceil(math.log(delta) / math.log1p(-alpha) - 1e-9)  # (1 - alpha)^n <= delta
+
+
+def conformal_rank(n: int, alpha: float, delta: float | None = None) -> int:
+    """The rank k whose k-th smallest of n calibration scores is the threshold: ceil((n + 1)
+    (1 - alpha)), or with ``delta`` the smallest k with P(Beta(k, n + 1 - k) < 1 - alpha) <=
+    delta. Raises when n is too small (k > n: no finite threshold keeps the guarantee)."""
     k = math.ceil((n + 1) * (1 - alpha) - 1e-9)  # (n + 1)(1 - alpha) exact in decimals
+    if delta is not None and k <= n:
+        lo, hi = max(k, 1), n + 1  # the shortfall falls as k grows: bisect for the first k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if coverage_shortfall(mid, n, alpha) <= delta else (mid + 1, hi)
+        k = lo
     if k > n:
+        asked = f"calibration.alpha={alpha}" + (f" with delta={delta}" if delta else "")
         raise OSRError(
-            f"calibration.alpha={alpha} needs at least {math.ceil(1 / alpha) - 1} calibration "
-            f"images, the conformal rule has {n} (with several voting detectors, the share "
-            "1 - calibration.rank_fraction of the validation split): raise calibration.alpha "
-            "or data.val_size."
+            f"{asked} needs at least {images_needed(alpha, delta)} calibration images, the "
+            f"conformal rule has {n} (with several voting detectors, the share "
+            "1 - calibration.rank_fraction of the calibration split): raise calibration.alpha "
+            "(or calibration.delta), or data.calibration_size."
         )
     return max(k, 1)
 
@@ -84,17 +125,26 @@ def smooth_rank_threshold(ranked: Tensor, bound: float) -> float:
     return (ranked[i] + (bound - i) * (ranked[i + 1] - ranked[i])).item()
 
 
+def largest_rank(ranked: Mapping[str, Tensor], scores: Mapping[str, Tensor]) -> Tensor:
+    """The union's statistic: each image's largest ``smooth_rank`` over the detectors."""
+    return torch.stack([smooth_rank(ranked[name], s.double()) for name, s in scores.items()]).amax(
+        0
+    )
+
+
 def union_thresholds(
-    scores: Mapping[str, Tensor], alpha: float, ranks_from: Tensor, threshold_from: Tensor
+    scores: Mapping[str, Tensor],
+    alpha: float,
+    ranks_from: Tensor,
+    threshold_from: Tensor,
+    delta: float | None = None,
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Thresholds of the voting detectors whose union rejects a known image with probability
     at most alpha: scores ranked among those of the images ``ranks_from``, the conformal
     threshold of the largest rank set on the images ``threshold_from`` (disjoint)."""
     ranked = {name: s[ranks_from].double().sort().values for name, s in scores.items()}
-    largest = torch.stack(
-        [smooth_rank(ranked[name], s[threshold_from].double()) for name, s in scores.items()]
-    ).amax(0)
-    k = conformal_rank(len(threshold_from), alpha)
+    largest = largest_rank(ranked, {name: s[threshold_from] for name, s in scores.items()})
+    k = conformal_rank(len(threshold_from), alpha, delta)
     bound = largest.kthvalue(k).values.item()  # reject when the largest rank exceeds it
     kept = largest <= bound
     thresholds = {}
@@ -122,6 +172,7 @@ class Conformal:
     """
 
     alpha: float = 0.01
+    delta: float | None = None
     rank_fraction: float = 0.5
     seed: int = 0
     name: str = "conformal"
@@ -131,13 +182,19 @@ class Conformal:
             raise OSRError(
                 f"calibration.alpha={self.alpha} must lie in (0, 1), e.g. calibration.alpha=0.01"
             )
+        if self.delta is not None and not 0.0 < self.delta < 1.0:
+            raise OSRError(
+                f"calibration.delta={self.delta} must lie in (0, 1), e.g. calibration.delta=0.05, "
+                "or be null (the guarantee on average over calibration draws)"
+            )
         if not 0.0 < self.rank_fraction < 1.0:
             raise OSRError(
                 f"calibration.rank_fraction={self.rank_fraction} must lie in (0, 1), e.g. 0.5"
             )
 
     def fit(self, scores: Tensor) -> float:
-        return _kth_smallest(decision_values(scores), conformal_rank(len(scores), self.alpha))
+        k = conformal_rank(len(scores), self.alpha, self.delta)
+        return _kth_smallest(decision_values(scores), k)
 
     def fit_union_record(
         self, scores: Mapping[str, Tensor]
@@ -145,68 +202,53 @@ class Conformal:
         """The voting detectors' thresholds and how they were fitted (for thresholds.json)."""
         scores = {name: decision_values(values) for name, values in scores.items()}
         n = len(next(iter(scores.values())))
-        record: dict[str, Any] = {"alpha": self.alpha, "guarantee": GUARANTEE}
-        if len(scores) == 1:
-            ((name, values),) = scores.items()
-            k = conformal_rank(n, self.alpha)
+        record: dict[str, Any] = {
+            "alpha": self.alpha,
+            "delta": self.delta,
+            "guarantee": guarantee(self.alpha, self.delta),
+        }
+        ((name, values), *more) = scores.items()
+        if not more:
+            k = conformal_rank(n, self.alpha, self.delta)
             return {name: _kth_smallest(values, k)}, record | {"threshold_part": n, "rank": k}
-        n_ranks = round(self.rank_fraction * n)
-        if not 0 < n_ranks < n:
-            raise OSRError(
-                f"the conformal union of {len(scores)} voting detectors splits the {n} "
-                "validation images in two parts; set data.val_size to at least 2."
-            )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        order = order.to(next(iter(scores.values())).device)
-        thresholds, sizes = union_thresholds(scores, self.alpha, order[:n_ranks], order[n_ranks:])
+        ranks_from, threshold_from = self.parts(n, len(scores))
+        thresholds, sizes = union_thresholds(
+            scores,
+            self.alpha,
+            ranks_from.to(values.device),
+            threshold_from.to(values.device),
+            self.delta,
+        )
         split = (
-            f"validation split permuted with seed {self.seed}: the first {n_ranks} images rank "
-            f"each detector's scores, the other {n - n_ranks} set the threshold of the largest "
-            "rank"
+            f"calibration split permuted with seed {self.seed}: the first {len(ranks_from)} "
+            f"images rank each detector's scores, the other {len(threshold_from)} set the "
+            "threshold of the largest rank"
         )
         return thresholds, record | sizes | {"split": split}
 
+    def parts(self, n: int, detectors: int) -> tuple[Tensor, Tensor]:
+        """The union's two parts of n calibration images: those that rank each detector's
+        scores, those that set the threshold of the largest rank (disjoint, drawn with seed)."""
+        n_ranks = round(self.rank_fraction * n)
+        if not 0 < n_ranks < n:
+            raise OSRError(
+                f"the conformal union of {detectors} voting detectors splits the {n} "
+                "calibration images in two parts; set data.calibration_size to at least 2."
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return order[:n_ranks], order[n_ranks:]
 
-# the known-rejection budgets of the operating curve: 0.1% to 10%
-CURVE_ALPHAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
-
-
-def curve_rule(calibration: Mapping[str, Any] | None) -> Conformal:
-    """The conformal rule of a run's calibration config, or the default one for runs
-    calibrated by another rule (their operating curve is what the conformal rule would give
-    them). Reads the config rather than instantiating it: a checkpoint's may name a rule
-    that has since moved."""
-    params = dict(calibration or {})
-    if params.pop("_target_", None) != f"{Conformal.__module__}.{Conformal.__name__}":
-        return Conformal()
-    return Conformal(**params)
-
-
-def operating_curve(
-    rule: Conformal,
-    validation: Mapping[str, Tensor],
-    sets: Mapping[str, Mapping[str, Tensor]],
-    alphas: tuple[float, ...] = CURVE_ALPHAS,
-) -> dict[str, Any]:
-    """The share of each set's images rejected by the voting detectors' union (``validation``:
-    their validation scores) when calibrated by ``rule`` at each alpha: the known test split's
-    share is the known rejection, the OOD sets' the unknowns caught. No retraining, no new
-    scores; an alpha the validation split is too small for is left out."""
-    rows = []
-    for alpha in alphas:
-        try:
-            thresholds, _ = replace(rule, alpha=alpha).fit_union_record(validation)
-        except OSRError:
-            continue
-        rejected = {}
-        for name, scores in sets.items():
-            # OpenSetModule.decide's rule: a NaN score, never at most its threshold, rejects
-            votes = [~(decision_values(scores[s]) <= thresholds[s]) for s in validation]
-            rejected[name] = torch.stack(votes).any(0).double().mean().item()
-        rows.append({"alpha": alpha, "rejected": rejected})
-    return {
-        "rule": {k: v for k, v in asdict(rule).items() if k != "alpha"},
-        "voting_scores": list(validation),
-        "validation_count": len(next(iter(validation.values()))),
-        "rows": rows,
-    }
+    def reference(self, scores: Mapping[str, Tensor]) -> dict[str, Any]:
+        """What conformal p-values of new images are computed against (``osr.scoring.
+        p_values``): the voting statistic of the images that set the threshold, sorted, and
+        for a union the sorted scores that rank each detector; the same parts as the
+        thresholds, so that p <= alpha exactly when the marginal rule rejects."""
+        scores = {name: decision_values(values).cpu() for name, values in scores.items()}
+        voting = list(scores)
+        if len(scores) == 1:
+            (values,) = scores.values()
+            return {"voting": voting, "ranked": {}, "statistic": values.double().sort().values}
+        ranks_from, threshold_from = self.parts(len(next(iter(scores.values()))), len(scores))
+        ranked = {name: s[ranks_from].double().sort().values for name, s in scores.items()}
+        statistic = largest_rank(ranked, {name: s[threshold_from] for name, s in scores.items()})
+        return {"voting": voting, "ranked": ranked, "statistic": statistic.sort().values}

@@ -141,6 +141,7 @@ class Ensemble(nn.Module):
         self.calibration: dict[str, Tensor] = {}
         self.detectors: dict[str, Any] = {}  # the members' are fitted; nothing left to fit
         self.thresholds: dict[str, float] = {}
+        self.conformal_reference: dict[str, Any] = {}
 
     @property
     def num_classes(self) -> int:

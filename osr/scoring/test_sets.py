@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from osr.data.datamodules import ImageDataModule
 from osr.modules.open_set import OpenSetModule
-from osr.scoring.conformal import Conformal, operating_curve
+from osr.scoring.conformal import Conformal
 from osr.scoring.metrics import SetOutputs, open_set_metrics
+from osr.scoring.operating_curve import operating_curve
 from osr.scoring.outputs import collect_scores
 from osr.utils.errors import OSRError
 
