@@ -19,6 +19,7 @@ from osr.modules.open_set import OpenSetModule
 from osr.reporting.report import write_results
 from osr.reporting.run_info import describe
 from osr.reporting.run_record import commit, write_run_record
+from osr.scoring.calibration import check_calibration_size
 from osr.scoring.operating_curve import curve_rule
 from osr.scoring.test_sets import evaluate
 from osr.utils.checkpoints import CONFIG_KEY, read_checkpoint, restore_best_weights
@@ -49,6 +50,10 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, OpenSetModule, pl.Trainer]:
             f"model.test_flip=true for {datamodule.name}: a mirrored {datamodule.name} image "
             "is not an image of its class, so it is never flipped. Set model.test_flip=false."
         )
+    if (cfg.get("callbacks") or {}).get("threshold_calibration") and cfg.get("calibration"):
+        voting = len(model.hparams.voting_scores)
+        rule = instantiate(cfg.calibration)
+        check_calibration_size(rule, datamodule.hparams.val_size, voting, "data.val_size")
     run_config = to_plain(cfg)
     run_config.pop("hydra", None)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]

@@ -204,6 +204,12 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
         ("model.voting_scores=[recon_l2]", "model.voting_scores=['recon_l2']: no detector named"),
         ("data.known_classes=[3,3]", "data.known_classes=[3, 3] for mnist must be"),
         ("calibration=quantile calibration.q=1.5", "calibration.q=1.5 must lie in (0, 1]"),
+        ("calibration.delta=1.5", "calibration.delta=1.5 must lie in (0, 1)"),
+        (
+            "calibration.delta=0.05 data.val_size=500",
+            "data.val_size=500: calibration.alpha=0.01 and calibration.delta=0.05 with 3 voting "
+            "detector(s) needs at least 1194 calibration images",
+        ),
     ],
 )
 def test_bad_config_values_inside_constructors(tiny_data, tmp_path, override, words):

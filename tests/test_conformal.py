@@ -295,3 +295,22 @@ def test_with_delta_few_calibration_draws_reject_more_than_alpha(m, monkeypatch)
         assert (law <= delta) == (shift == 0)
         assert count / draws == pytest.approx(law, abs=3 * math.sqrt(law * (1 - law) / draws))
     assert exceeded[0] / draws <= delta + 2 * math.sqrt(delta * (1 - delta) / draws)
+
+
+def test_the_fewest_calibration_images_a_rule_needs_is_exact():
+    from osr.scoring.calibration import calibration_images_needed
+
+    for rule, voting in [
+        (Conformal(alpha=0.01), 1),
+        (Conformal(alpha=0.01), 3),
+        (Conformal(alpha=0.01, delta=0.05), 3),
+        (Conformal(alpha=0.1, rank_fraction=0.3), 2),
+    ]:
+        needed = calibration_images_needed(rule, 10, voting)
+        assert calibration_images_needed(rule, needed, voting) is None
+        assert calibration_images_needed(rule, needed - 1, voting) == needed
+        # the thresholds fit on that many images and on each half of them
+        scores = correlated_scores(voting, needed, torch.Generator().manual_seed(0))
+        for part in (slice(None), slice(0, needed // 2)):
+            rule.fit_union_record({name: s[part] for name, s in scores.items()})
+    assert calibration_images_needed(MeanStd(), 2, 3) is None

@@ -10,10 +10,50 @@ from torch import Tensor
 
 from osr.data.datamodules import ImageDataModule
 from osr.modules.open_set import OpenSetModule
-from osr.scoring.conformal import Conformal
+from osr.scoring.conformal import Conformal, conformal_rank
 from osr.scoring.outputs import collect_scores, fit_detectors
 from osr.scoring.thresholds import ThresholdRule, fit_thresholds
 from osr.utils.errors import OSRError
+
+
+def calibration_images_needed(rule: ThresholdRule, images: int, voting: int) -> int | None:
+    """None when ``images`` calibration images are enough for ``rule`` (its thresholds are fitted
+    on all of them and, for the cross-fitted validation figures, on each half), else the
+    fewest that are: only the conformal rule needs a minimum."""
+
+    def enough(n: int) -> bool:
+        for size in (n, n // 2):
+            part = size if voting == 1 else size - round(rule.rank_fraction * size)
+            if part < 1:
+                return False
+            try:
+                conformal_rank(part, rule.alpha, rule.delta)
+            except OSRError:
+                return False
+        return True
+
+    if not isinstance(rule, Conformal) or enough(images):
+        return None
+    lo, hi = images + 1, max(2 * images, 4)
+    while not enough(hi):
+        lo, hi = hi + 1, 2 * hi
+    while lo < hi:  # enough() is monotone in n: bisect for the fewest
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
+
+
+def check_calibration_size(rule: ThresholdRule, images: int, voting: int, key: str) -> None:
+    """Refuse a calibration split too small for the rule before anything is trained."""
+    needed = calibration_images_needed(rule, images, voting)
+    if needed is not None:
+        delta = f" and calibration.delta={rule.delta}" if rule.delta is not None else ""
+        raise OSRError(
+            f"{key}={images}: calibration.alpha={rule.alpha}{delta} with {voting} voting "
+            f"detector(s) needs at least {needed} calibration images (the thresholds are also "
+            f"cross-fitted on each half of them). Set {key}={needed} or more, or raise "
+            "calibration.alpha" + (" or calibration.delta." if delta else ".")
+        )
 
 
 def cross_fitted_decisions(
