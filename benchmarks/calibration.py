@@ -66,7 +66,9 @@ def main() -> None:
             [str(i) for i in range(10)],
         )
     model.eval()
-    val = datamodule.transform(datamodule.val_set.tensors[0])
+    # the images calibration reads: the calibration split (the notebook's validation split)
+    held = datamodule.calibration_set if datamodule.calibration_count else datamodule.val_set
+    val = datamodule.transform(held.tensors[0])
     arrays = val.numpy()[:, 0]
 
     otsu_ours = timed(lambda: otsu_binarize(val))
@@ -79,7 +81,7 @@ def main() -> None:
             norms, diffs = notebook.norms_and_diffs(net, batches)
         return np.mean(norms) + 3 * np.std(norms), np.mean(diffs) + 3 * np.std(diffs)
 
-    loader = notebook_loader(*datamodule.val_set.tensors)
+    loader = notebook_loader(*held.tensors)
     calib_ours = timed(lambda: calibrate(model, datamodule, MeanStd(k=3)))
     calib_tensors = timed(lambda: notebook_calibration(val.split(notebook.BATCH_SIZE)), repeats=1)
     calib_loader = timed(lambda: notebook_calibration(x for x, _ in loader), repeats=1)

@@ -69,7 +69,8 @@ def natural_images(split: dict[str, int], batch_size: int = 256) -> None:
             )
             known.setup()
             times.append(time.perf_counter() - start)
-    n = len(known.train_set) + len(known.val_set) + len(known.test_set)
+    splits = (known.train_set, known.val_set, known.calibration_set, known.test_set)
+    n = sum(len(split) for split in splits if split is not None)
     print(f"CIFAR-10 setup, {n} images: {times[0]:.2f} s decoding, {times[1]:.2f} s from the cache")
     images = known.train_set.tensors[0][:batch_size]
     plain = timed(lambda: known.transform(images), repeats=20)

@@ -102,7 +102,7 @@ def main() -> None:
     ood = ckpt["osr_config"]["ood"]
     ood = {**ood, "sets": {name: {**s, **here} for name, s in (ood.get("sets") or {}).items()}}
     evaluation = evaluate(module, data, ood)  # also sets the data up
-    validation, _, _ = collect_scores(module, data, data.val_dataloader())
+    validation, _, _ = collect_scores(module, data, data.calibration_dataloader())
     made = outlier_scores(module, data, args.outliers, seed=0)
     rule = Conformal(alpha=args.alpha)
 

@@ -53,7 +53,11 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, OpenSetModule, pl.Trainer]:
     if (cfg.get("callbacks") or {}).get("threshold_calibration") and cfg.get("calibration"):
         voting = len(model.hparams.voting_scores)
         rule = instantiate(cfg.calibration)
-        check_calibration_size(rule, datamodule.hparams.val_size, voting, "data.val_size")
+        own = datamodule.calibration_count > 0
+        images = datamodule.calibration_count if own else datamodule.hparams.val_size
+        key = "data.calibration_size" if own else "data.val_size"
+        note = f" (and data.val_size, now {datamodule.hparams.val_size}, above it)" if own else ""
+        check_calibration_size(rule, images, voting, key, note)
     run_config = to_plain(cfg)
     run_config.pop("hydra", None)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]

@@ -207,8 +207,8 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
         ("calibration.delta=1.5", "calibration.delta=1.5 must lie in (0, 1)"),
         (
             "calibration.delta=0.05 data.val_size=500",
-            "data.val_size=500: calibration.alpha=0.01 and calibration.delta=0.05 with 3 voting "
-            "detector(s) needs at least 1194 calibration images",
+            "data.calibration_size=250: calibration.alpha=0.01 and calibration.delta=0.05 with 3 "
+            "voting detector(s) needs at least 1194 calibration images",
         ),
     ],
 )

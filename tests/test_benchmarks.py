@@ -107,7 +107,7 @@ def test_calibration(bench, runs):
     out, results = bench("calibration", "--ckpt", str(best), "--val-size", "100")
     result = written(results, "calibration")
     assert len(result["rows"]) == 4 and set(result["thresholds_osr"]) == {"recon_l2", "binary_diff"}
-    assert "Otsu binarization, 100 images" in out
+    assert "Otsu binarization, 50 images" in out  # the calibration half of the 100 held out
 
 
 @pytest.mark.slow

@@ -66,13 +66,15 @@ def test_thresholds_land_in_json_buffers_and_checkpoints(train_cfg, tmp_path):
     run = tmp_path / "run"
     record = json.loads((run / "thresholds.json").read_text())
     # the default rule, at the tiny tests' budget
-    assert record["rule"] == {"alpha": 0.1, "rank_fraction": 0.5, "seed": 0, "name": "conformal"}
+    rule = {"alpha": 0.1, "delta": None, "rank_fraction": 0.5, "seed": 0, "name": "conformal"}
+    assert record["rule"] == rule
     assert record["voting_scores"] == ["recon_l2", "binary_diff", "max_logit"]
     default_detectors = {"recon_l2", "binary_diff", "msp", "max_logit", "energy", "gen"}
     default_detectors |= {"mahalanobis", "rmd", "knn", "vim", "react"}
     assert set(record["scores"]) == default_detectors
     assert record["detectors_fitted"]["split"] == "mnist train"
-    assert record["scores"]["recon_l2"]["count"] == 100  # the whole validation split
+    # the calibration split: half of the 100 held-out images (the other half selects)
+    assert record["scores"]["recon_l2"]["count"] == 50 and record["split"] == "mnist calibration"
     assert record["checkpoint"].endswith("best.ckpt")
     assert module.is_calibrated
     for name in ("best.ckpt", "last.ckpt"):
@@ -118,7 +120,7 @@ def test_validation_figures_judge_each_half_with_the_other_halfs_thresholds(trai
         train_cfg, "model=mlae", "calibration=quantile", "calibration.q=1.0"
     )
     module, datamodule = objects["model"], objects["datamodule"]
-    batches = list(datamodule.iterate(datamodule.val_dataloader(), module.device))
+    batches = list(datamodule.iterate(datamodule.calibration_dataloader(), module.device))
     x, y = torch.cat([b[0] for b in batches]).cpu(), torch.cat([b[1] for b in batches]).cpu()
     module.eval()
     with torch.no_grad():
@@ -190,7 +192,8 @@ def test_recalibrate_checkpoint_with_quantile_rule(train_cfg, tmp_path, tiny_dat
 
 @pytest.mark.slow
 def test_two_ddp_processes_fit_the_same_thresholds_as_one(train_cfg, tmp_path, tiny_data):
-    tiny_run(train_cfg, "model=mlae", "data.val_size=101")  # odd size: uneven shards
+    # a calibration split of 101 images (half the held-out 202): uneven shards
+    tiny_run(train_cfg, "model=mlae", "data.val_size=202")
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     one = run_calibrate(best, tmp_path / "one", tiny_data, "trainer.devices=1")
     two = run_calibrate(

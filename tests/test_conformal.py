@@ -156,7 +156,13 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
     train_cfg, tmp_path, tiny_data
 ):
     _, objects = train(
-        train_cfg(*TINY_TRAINING, "model=mlae", "calibration=conformal", "calibration.alpha=0.1")
+        train_cfg(
+            *TINY_TRAINING,
+            "model=mlae",
+            "calibration=conformal",
+            "calibration.alpha=0.1",
+            "data.val_size=200",
+        )
     )
     module, datamodule = objects["model"], objects["datamodule"]
     run = tmp_path / "run"
@@ -169,12 +175,14 @@ def test_conformal_calibration_end_to_end_and_moved_by_osr_calibrate(
         "name": "conformal",
     }
     union = record["union_of_votes"]
+    # the 200 held-out images: 100 calibrate (50 rank, 50 set the threshold), 100 select
     assert (union["rank_part"], union["threshold_part"], union["rank"]) == (50, 50, 46)
-    assert "exchangeable" in union["guarantee"]
+    assert "exchangeable" in union["guarantee"] and "not met" not in union["guarantee"]
+    assert record["split"] == "mnist calibration" and record["calibration"]["count"] == 100
     for name in ("msp", "energy"):  # not voting: each alone at alpha over all 100 images
         assert "threshold_alone" not in record["scores"][name]
 
-    batches = list(datamodule.iterate(datamodule.val_dataloader(), module.device))
+    batches = list(datamodule.iterate(datamodule.calibration_dataloader(), module.device))
     x = torch.cat([b[0] for b in batches]).cpu()
     module.eval()
     with torch.no_grad():

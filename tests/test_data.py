@@ -41,7 +41,7 @@ def first_batch(dm, loader):
 def test_split_sizes_labels_and_tensors(tiny_data):
     dm = mnist(tiny_data)
     assert len(dm.train_set) == TINY_TRAIN - 100
-    assert len(dm.val_set) == 100
+    assert len(dm.val_set) == 50 and len(dm.calibration_set) == 50  # half calibrates
     assert len(dm.test_set) == TINY_TEST
     x, y = dm.train_set.tensors
     assert x.dtype == torch.uint8 and x.shape[1:] == (1, 28, 28)
@@ -61,7 +61,8 @@ def test_train_val_split_is_disjoint_and_seeded(tiny_data):
     dm = mnist(tiny_data, seed=1)
     train_rows = {bytes(r) for r in dm.train_set.tensors[0].flatten(1).numpy()}
     val_rows = {bytes(r) for r in dm.val_set.tensors[0].flatten(1).numpy()}
-    assert len(train_rows) + len(val_rows) == TINY_TRAIN  # the tiny images are all distinct
+    calibration_rows = {bytes(r) for r in dm.calibration_set.tensors[0].flatten(1).numpy()}
+    assert len(train_rows) + len(val_rows) + len(calibration_rows) == TINY_TRAIN  # all distinct
     assert not train_rows & val_rows
 
 
@@ -319,7 +320,8 @@ def test_mirror_split_sizes():
     for d in ood:
         d.setup("test")
     elapsed = time.perf_counter() - start
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (50_000, 10_000, 10_000)
+    sizes = (len(dm.train_set), len(dm.val_set), len(dm.calibration_set), len(dm.test_set))
+    assert sizes == (50_000, 5_000, 5_000, 10_000)
     assert [len(d.test_set) for d in ood] == [10_000, 10_000]
     assert all(set(d.test_set.tensors[1].unique().tolist()) == {10} for d in ood)
     assert dm.test_set.tensors[1].bincount().tolist()[:2] == [980, 1135]  # official test split

@@ -24,8 +24,8 @@ def test_sampler_makes_its_indices_on_the_data_device():
 def test_resident_splits_move_once_and_batch_on_the_device(tiny_data, monkeypatch):
     dm = mnist(tiny_data, batch_size=32, eval_batch_size=16, device_eval_batch_size=64)
     monkeypatch.setattr(dm, "_data_device", lambda: META)
-    val = dm.val_dataloader()
-    for split in (dm.train_set, dm.val_set, dm.test_set):
+    val = dm.test_dataloader()  # 120 images: more than one accelerator batch
+    for split in (dm.train_set, dm.val_set, dm.calibration_set, dm.test_set):
         assert [t.device for t in split.tensors] == [META, META]
         assert split.tensors[0].dtype == torch.uint8
     images, labels = next(iter(val))

@@ -54,7 +54,7 @@ def test_an_image_folder_takes_its_classes_from_the_folders(tmp_path):
     dm = module(tmp_path, layout="images", classes=None, mean=[0.5] * 3, std=[0.25] * 3)
     dm.setup()
     assert dm.input_shape == (3, 16, 16) and dm.class_names == ["cat", "dog"]
-    assert len(dm.train_set) + len(dm.val_set) == 24
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.calibration_set) == 24
     with pytest.raises(OSRError, match=r"data.classes=\['dog', 'cat'\].*differ"):
         module(tmp_path, layout="images", classes=["dog", "cat"], mean=[0.5] * 3, std=[0.25] * 3)
 

@@ -62,7 +62,7 @@ PROTOCOLS = {
         WatchedCIFAR10,
         [2, 3, 5, 8],
         cifar_split,
-        ["data.val_size=30", "model.net.widths=[8,16,16]", "detectors.vim.detector.d=8"],
+        ["data.val_size=40", "model.net.widths=[8,16,16]", "detectors.vim.detector.d=8"],
     ),
 }
 

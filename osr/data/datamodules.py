@@ -30,7 +30,12 @@ class ImageDataModule(pl.LightningDataModule):
     Args:
         data_dir: where the dataset lies (or is downloaded to) in torchvision's layout.
         mean, std: normalization statistics (1 value, or 3 for RGB normalized before grayscale).
-        val_size: images of the official training set held out for validation.
+        val_size: images of the official training set held out from training.
+        calibration_size: how many of those calibrate alone (thresholds, conformal p-values):
+            never trained on, never used to select the checkpoint, stop early or drive a
+            schedule, so that the conformal guarantee's exchangeability holds; the others form
+            the validation split, which does those. None: half of ``val_size``; 0: none (the
+            thresholds are fitted on the validation split, as osr did before 2026-12-08).
         seed: draws the train/val split, the shuffling order and the ``test_limit`` subset.
         known_classes: class indices kept as known, relabelled 0..K-1 in this order; the
             others' test images become the OOD set ``<name>_unknown``. None keeps all.
@@ -73,6 +78,7 @@ class ImageDataModule(pl.LightningDataModule):
         eval_batch_size: int = 250,
         num_workers: int = 0,
         val_size: int = 10_000,
+        calibration_size: int | None = None,
         seed: int = 0,
         known_classes: Sequence[int] | None = None,
         unknown_label: int | None = None,
@@ -99,6 +105,12 @@ class ImageDataModule(pl.LightningDataModule):
         if on_device not in ("auto", True, False):
             raise OSRError(
                 f"data.on_device={on_device!r}: use true, false or auto, e.g. data.on_device=auto"
+            )
+        if calibration_size is not None and not 0 <= calibration_size < val_size:
+            raise OSRError(
+                f"data.calibration_size={calibration_size} must be at least 0 and below "
+                f"data.val_size={val_size} (the rest selects the checkpoint), e.g. "
+                f"data.calibration_size={val_size // 2}, or null for half of data.val_size."
             )
         if flip and not self.flippable:
             raise OSRError(
@@ -139,11 +151,23 @@ class ImageDataModule(pl.LightningDataModule):
         self.known_classes = list(known_classes) if known_classes is not None else None
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
+        self.calibration_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
         self.fit_set: TensorDataset | None = None
         self.unknown_sets: dict[str, TensorDataset] = {}
         if not self.is_ood:
             self._check_known(self.known_indices)
+
+    @property
+    def calibration_count(self) -> int:
+        """The calibration split's size (0: thresholds are fitted on the validation split)."""
+        size = self.hparams.get("calibration_size")
+        return self.hparams.val_size // 2 if size is None else size
+
+    @property
+    def calibration_split(self) -> str:
+        """The name of the split thresholds are fitted on, for thresholds.json."""
+        return f"{self.name} {'calibration' if self.calibration_count else 'val'}"
 
     def make_source(self) -> Any:
         """Where the images come from: ``SOURCES[source_name]`` for the built-in datasets."""
@@ -223,9 +247,12 @@ class ImageDataModule(pl.LightningDataModule):
             )
         g = torch.Generator().manual_seed(self.hparams.seed)
         order = torch.randperm(len(train_y), generator=g)
-        val_idx, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size :]
+        held, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size :]
+        calibration_idx, val_idx = held[: self.calibration_count], held[self.calibration_count :]
         self.train_set = TensorDataset(train_x[train_idx], train_y[train_idx])
         self.val_set = TensorDataset(train_x[val_idx], train_y[val_idx])
+        if self.calibration_count:
+            self.calibration_set = TensorDataset(train_x[calibration_idx], train_y[calibration_idx])
         fit_limit = self.hparams.fit_limit
         if fit_limit is not None and fit_limit < len(train_idx):
             self.fit_set = TensorDataset(*(t[:fit_limit] for t in self.train_set.tensors))
@@ -329,6 +356,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _splits(self) -> dict[str, TensorDataset]:
         named = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        named |= {"calibration": self.calibration_set}
         named |= {"fit": self.fit_set}  # a view of the training split's first images
         return {k: v for k, v in {**named, **self.unknown_sets}.items() if v is not None}
 
@@ -358,6 +386,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
+
+    def calibration_dataloader(self) -> DataLoader:
+        """The images thresholds are fitted on: the calibration split, or the validation split
+        where there is none (``calibration_size=0``)."""
+        return self._loader("calibration" if self.calibration_count else "val", train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)

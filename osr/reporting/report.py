@@ -207,9 +207,10 @@ def operating_curve_section(evaluation: Evaluation) -> list[str]:
         "## Operating curve of the conformal rule",
         "",
         f"Images rejected as UNKNOWN by the union of {voting} with thresholds set by "
-        f"`calibration=conformal` at each alpha on the {curve['validation_count']} validation "
-        "images (`operating_curve.json`); a known test image is rejected with probability at "
-        "most alpha when the validation and test images come from one distribution.",
+        f"`calibration=conformal` at each alpha on the {curve['validation_count']} images of "
+        "the calibration split (`operating_curve.json`); a known test image is rejected with "
+        "probability at most alpha when the calibration images, used for nothing else, and the "
+        "test images come from one distribution (`thresholds.json` names the split).",
         "",
         "| alpha | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",

@@ -43,15 +43,18 @@ def calibration_images_needed(rule: ThresholdRule, images: int, voting: int) -> 
     return lo
 
 
-def check_calibration_size(rule: ThresholdRule, images: int, voting: int, key: str) -> None:
-    """Refuse a calibration split too small for the rule before anything is trained."""
+def check_calibration_size(
+    rule: ThresholdRule, images: int, voting: int, key: str, note: str = ""
+) -> None:
+    """Refuse a calibration split too small for the rule before anything is trained
+    (``note``: what else the fix must change)."""
     needed = calibration_images_needed(rule, images, voting)
     if needed is not None:
         delta = f" and calibration.delta={rule.delta}" if rule.delta is not None else ""
         raise OSRError(
             f"{key}={images}: calibration.alpha={rule.alpha}{delta} with {voting} voting "
             f"detector(s) needs at least {needed} calibration images (the thresholds are also "
-            f"cross-fitted on each half of them). Set {key}={needed} or more, or raise "
+            f"cross-fitted on each half of them). Set {key}={needed} or more{note}, or raise "
             "calibration.alpha" + (" or calibration.delta." if delta else ".")
         )
 
@@ -59,14 +62,14 @@ def check_calibration_size(rule: ThresholdRule, images: int, voting: int, key: s
 def cross_fitted_decisions(
     module: OpenSetModule, rule: ThresholdRule, logits: Tensor, scores: dict[str, Tensor]
 ) -> Tensor:
-    """The decision on every validation image, made with thresholds fitted on the other half
+    """The decision on every calibration image, made with thresholds fitted on the other half
     of the split (first half / second half, in dataset order), so that no image is judged by a
     threshold fitted on itself."""
     n = len(logits)
     if n < 2:
         raise OSRError(
-            f"the validation split holds {n} image(s); cross-fitted validation figures need "
-            "at least 2. Set data.val_size=2 or more."
+            f"the calibration split holds {n} image(s); cross-fitted validation figures need "
+            "at least 2. Set data.calibration_size=2 or more."
         )
     halves = (slice(0, n // 2), slice(n // 2, n))
     decisions = torch.empty(n, dtype=torch.long, device=logits.device)
@@ -87,20 +90,39 @@ class Calibration:
     validation_scores: dict[str, Tensor]
 
 
+def calibration_split_record(datamodule: ImageDataModule, count: int) -> dict[str, Any]:
+    """What thresholds.json says of the images the thresholds were fitted on."""
+    if datamodule.calibration_count:
+        used = (
+            "held out from training and used for nothing else: not trained on, not used to "
+            "select the checkpoint, to stop early or to drive a schedule (those use the "
+            f"{datamodule.name} val split)"
+        )
+    else:
+        used = (
+            "the validation split, which also selected the checkpoint (data.calibration_size=0): "
+            "the guarantee's exchangeability is not met exactly"
+        )
+    return {"split": datamodule.calibration_split, "count": count, "images": used}
+
+
 def calibrate(
     module: OpenSetModule, datamodule: ImageDataModule, rule: ThresholdRule
 ) -> Calibration:
-    """Fit thresholds on the validation split and store them in ``module``.
+    """Fit thresholds on the calibration split (``ImageDataModule.calibration_dataloader``) and
+    store them in ``module``.
 
     Also reports how the calibrated model does on known images it was not calibrated on: the
     share rejected as UNKNOWN and the (K+1)-way accuracy (a rejection counts as an error), each
-    validation image judged with thresholds cross-fitted on the other half of the split. These
+    calibration image judged with thresholds cross-fitted on the other half of the split. These
     need no OOD data, so a hyperparameter search may select on them without a threshold that
     only fits its own data looking good.
     """
     newly_fitted = fit_detectors(module, datamodule)
-    scores, logits, labels = collect_scores(module, datamodule, datamodule.val_dataloader())
-    fitted = fit_thresholds(scores, rule, f"{datamodule.name} val")
+    loader = datamodule.calibration_dataloader()
+    scores, logits, labels = collect_scores(module, datamodule, loader)
+    split = datamodule.calibration_split
+    fitted = fit_thresholds(scores, rule, split)
     union, union_record = rule.fit_union_record(
         {name: scores[name] for name in module.hparams.voting_scores}
     )
@@ -115,13 +137,19 @@ def calibrate(
         {name: scores[name] for name in module.hparams.voting_scores}
     )
     decisions = cross_fitted_decisions(module, rule, logits, scores)
+    if "guarantee" in union_record and not datamodule.calibration_count:
+        union_record["guarantee"] += (
+            "; not met exactly here: the calibration images also selected the checkpoint "
+            "(data.calibration_size=0)"
+        )
     record: dict[str, Any] = {"union_of_votes": union_record} if union_record else {}
     record |= {
         "rule": asdict(rule),
         **record,
         "detectors_fitted": {"split": f"{datamodule.name} train", "names": newly_fitted},
         "voting_scores": list(module.hparams.voting_scores),
-        "split": f"{datamodule.name} val",
+        "split": split,
+        "calibration": calibration_split_record(datamodule, len(labels)),
         "scores": fitted,
         # each half of the split judged with thresholds fitted on the other half
         "validation": {

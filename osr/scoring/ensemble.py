@@ -29,7 +29,15 @@ from osr.utils.checkpoints import CONFIG_KEY, module_from_checkpoint, read_check
 from osr.utils.errors import OSRError
 
 # the data settings that make two runs' splits the same images (augmentation may differ)
-SPLIT_KEYS = ("_target_", "known_classes", "val_size", "seed", "channels", "image_size")
+SPLIT_KEYS = (
+    "_target_",
+    "known_classes",
+    "val_size",
+    "calibration_size",
+    "seed",
+    "channels",
+    "image_size",
+)
 HINTS = {
     "seed": " data.seed follows seed unless set: train the seeds to ensemble with one "
     "data.seed, e.g. python -m osr.train -m seed=1,2,3 data.seed=12345."
@@ -168,8 +176,10 @@ class Ensemble(nn.Module):
         return self
 
     def fit_scales(self, datamodule: ImageDataModule) -> dict[str, Any]:
-        """Keep each member's scores of the validation split (the calibration images, never
-        test or OOD data) for ``normal_scores``; returns what thresholds.json records."""
+        """Keep each member's scores of the validation split (known images, never test or OOD
+        data, and apart from the calibration split where there is one, so that the common
+        scale is a fixed map for the calibration images) for ``normal_scores``; returns what
+        thresholds.json records."""
         loader = datamodule.val_dataloader()
         member_scores = [collect_scores(m, datamodule, loader)[0] for m in self.members]
         self.calibration = {

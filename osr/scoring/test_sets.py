@@ -157,7 +157,7 @@ def evaluate(
     """Scores, decisions and the ``metrics.json`` figures for the known test split and
     every OOD set (gathered across DDP ranks), and the voting detectors' operating curve
     under the conformal rule (``curve_rule``, default ``Conformal()``) calibrated on the
-    validation split: on ``validation_scores`` when calibration has just scored it with
+    calibration split: on ``validation_scores`` when calibration has just scored it with
     these weights, else scored here."""
     if device is not None:
         module.to(device)
@@ -166,7 +166,7 @@ def evaluate(
     outputs = run_sets(module, loaders)
     metrics = open_set_metrics(outputs, known.name, module.num_classes, module.threshold_dict())
     if validation_scores is None:
-        validation_scores, _, _ = collect_scores(module, known, known.val_dataloader())
+        validation_scores, _, _ = collect_scores(module, known, known.calibration_dataloader())
     curve = operating_curve(
         curve_rule or Conformal(),
         {name: validation_scores[name].cpu() for name in module.hparams.voting_scores},

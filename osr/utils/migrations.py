@@ -26,6 +26,8 @@ checkpoints written by 8902dcc, eb3a9bb and 74f90fa):
 - issue 32, the objective group: the run config's ``model.objective`` became the top-level
   ``objective`` (set where it is named, ``objective.gamma=2``); the module still receives it
   as ``objective``, so its hyperparameters are unchanged. Step 6.
+- issue 33, a calibration split of its own (``data.calibration_size``, absent: the whole
+  validation split calibrated, as it did then). Step 7.
 
 Added with a default that is what older code did, so no step: ``objective`` (none:
 cross-entropy), ``model.compile``, ``model.test_rotations``/``test_shift``/``test_flip``/
@@ -179,6 +181,15 @@ def objective_at_top_level(ckpt: Checkpoint) -> None:
         _config(ckpt)["objective"] = model.pop("objective")
 
 
+def calibration_split(ckpt: Checkpoint) -> None:
+    """Issue 33: thresholds are fitted on a calibration split of their own (by default half of
+    ``data.val_size``); a run from before was calibrated on the whole validation split, which
+    ``data.calibration_size=0`` keeps, so that it evaluates and recalibrates as it did."""
+    for data in (_config(ckpt).get("data"), ckpt.get("datamodule_hyper_parameters")):
+        if data is not None and "calibration_size" not in data:
+            data["calibration_size"] = 0
+
+
 # STEPS[i] rewrites format i into format i + 1
 STEPS: tuple[Callable[[Checkpoint], None], ...] = (
     thresholds_by_name,
@@ -187,6 +198,7 @@ STEPS: tuple[Callable[[Checkpoint], None], ...] = (
     natural_images,
     ii_embedding_norm,
     objective_at_top_level,
+    calibration_split,
 )
 FORMAT = len(STEPS)  # the format this osr writes
 
