@@ -79,7 +79,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 def evaluate_ensemble(cfg: DictConfig) -> dict[str, Any]:
     """``ckpt_path`` and the checkpoints of ``ensemble`` scored as one model: the members'
     scores put on a common scale and the ensemble's thresholds fitted anew by ``ckpt_path``'s
-    rule, both on their shared validation split (thresholds.json)."""
+    rule on their shared calibration split (thresholds.json; the scale on the validation split
+    where the calibration split is one of its own)."""
     paths = [str(cfg.ckpt_path), *map(str, cfg.ensemble)]
     ensemble, ckpt = load_ensemble(paths)
     datamodule = datamodule_from_checkpoint(ckpt, cfg.data, cfg.paths.data_dir)

@@ -36,7 +36,7 @@ class ThresholdCalibration(Callback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.checkpoint = checkpoint  # where standalone-validated weights came from
         self.result: dict[str, Any] | None = None
-        # every detector's scores of the validation split, for the weights last calibrated
+        # every detector's scores of the calibration split, for the weights last calibrated
         self.validation_scores: dict[str, Tensor] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

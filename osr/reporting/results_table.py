@@ -188,7 +188,7 @@ def operating_points(jobs: list[Job]) -> list[str]:
     voting = ", ".join(f"`{name}`" for name in curves[0]["voting_scores"])
     lines = [
         f"**Known-rejection budget** (`calibration=conformal`): images rejected by the union of "
-        f"{voting} calibrated at each alpha on the validation split (`operating_curve.json`); "
+        f"{voting} calibrated at each alpha on the calibration split (`operating_curve.json`); "
         "mean ± std, and per run for the known test split.",
         "",
         f"| alpha | {known} rejected (%) | per run | "

@@ -84,7 +84,7 @@ def cross_fitted_decisions(
 @dataclass
 class Calibration:
     """What ``calibrate`` found: the ``thresholds.json`` record, and every detector's scores
-    of the validation split, which the operating curve reads again (no second pass)."""
+    of the calibration split, which the operating curve reads again (no second pass)."""
 
     record: dict[str, Any]
     validation_scores: dict[str, Tensor]

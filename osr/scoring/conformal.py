@@ -164,11 +164,11 @@ def union_thresholds(
 class Conformal:
     """Split-conformal thresholds for a known-rejection budget ``alpha``.
 
-    One voting detector: its threshold is the conformal one of all validation scores. Several:
-    the validation split is divided at random (``seed``) into a part that ranks the scores
+    One voting detector: its threshold is the conformal one of all calibration scores. Several:
+    the calibration split is divided at random (``seed``) into a part that ranks the scores
     (``rank_fraction`` of it) and a part that sets the threshold of the largest rank; the
     union of their votes then rejects a known image with probability at most alpha. ``fit``
-    (each detector alone, every non-voting detector) uses all validation scores.
+    (each detector alone, every non-voting detector) uses all calibration scores.
     """
 
     alpha: float = 0.01

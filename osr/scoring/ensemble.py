@@ -2,7 +2,7 @@
 al., NeurIPS 2017). Its class probabilities are the mean of the members' softmax, and its
 logits their log. The members keep their own weights, test views and fitted detectors; the
 ensemble gets its own thresholds, fitted by the usual rule on its scores of the shared
-validation split.
+calibration split.
 
 Detectors of the class probabilities alone (``msp``, ``gen``, ``entropy``: they read only the
 logits, are fitted on nothing and ignore a constant added to an image's logits) are computed

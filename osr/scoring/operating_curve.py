@@ -36,7 +36,7 @@ def operating_curve(
     """The share of each set's images rejected by the voting detectors' union (``validation``:
     their validation scores) when calibrated by ``rule`` at each alpha: the known test split's
     share is the known rejection, the OOD sets' the unknowns caught. No retraining, no new
-    scores; an alpha the validation split is too small for is left out."""
+    scores; an alpha the calibration split is too small for is left out."""
     rows = []
     for alpha in alphas:
         try:
