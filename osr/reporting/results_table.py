@@ -188,8 +188,9 @@ def operating_points(jobs: list[Job]) -> list[str]:
     voting = ", ".join(f"`{name}`" for name in curves[0]["voting_scores"])
     lines = [
         f"**Known-rejection budget** (`calibration=conformal`): images rejected by the union of "
-        f"{voting} calibrated at each alpha on the calibration split (`operating_curve.json`); "
-        "mean ± std, and per run for the known test split.",
+        f"{voting} calibrated at each alpha on the images that set the thresholds "
+        "(`operating_curve.json`; `thresholds.json` names their split); mean ± std, and per "
+        "run for the known test split.",
         "",
         f"| alpha | {known} rejected (%) | per run | "
         + " | ".join(f"{name} rejected (%)" for name in sets[1:])
