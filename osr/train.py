@@ -57,7 +57,7 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, OpenSetModule, pl.Trainer]:
         images = datamodule.calibration_count if own else datamodule.hparams.val_size
         key = "data.calibration_size" if own else "data.val_size"
         note = f" (and data.val_size, now {datamodule.hparams.val_size}, above it)" if own else ""
-        check_calibration_size(rule, images, voting, key, note)
+        check_calibration_size(rule, images, voting, key, note, cross_fitted=not own)
     run_config = to_plain(cfg)
     run_config.pop("hydra", None)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]

@@ -119,8 +119,8 @@ TINY_OVERRIDES = [
     "trainer.enable_model_summary=false",
     "callbacks.rich_progress_bar=null",
     "report.tsne_points=60",
-    # the default conformal rule at 1% needs at least 99 validation images per part; the tiny
-    # validation splits (30 to 101 images) hold a 10% budget
+    # the default conformal rule at 1% needs at least 99 calibration images per part; the tiny
+    # calibration splits (15 to 101 images, half the held-out ones) hold a 10% budget
     "calibration.alpha=0.1",
 ]
 

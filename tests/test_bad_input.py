@@ -208,7 +208,8 @@ def test_loss_blowing_up_stops_with_the_step(train_cfg):
         (
             "calibration.delta=0.05 data.val_size=500",
             "data.calibration_size=250: calibration.alpha=0.01 and calibration.delta=0.05 with 3 "
-            "voting detector(s) needs at least 1194 calibration images",
+            "voting detector(s) needs at least 597 calibration images. Set "
+            "data.calibration_size=597 or more (and data.val_size, now 500, above it)",
         ),
     ],
 )

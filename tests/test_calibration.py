@@ -114,10 +114,37 @@ def test_thresholds_stay_out_of_checkpoints_holding_other_weights(train_cfg, tmp
 
 
 @pytest.mark.slow
-def test_validation_figures_judge_each_half_with_the_other_halfs_thresholds(train_cfg):
+def test_validation_figures_judge_the_validation_split_by_the_calibrated_thresholds(
+    train_cfg, tmp_path
+):
+    """They never read the calibration images, so a search selecting on them leaves those
+    images to the thresholds alone."""
+    returned, objects = tiny_run(train_cfg, "model=mlae")
+    module, datamodule = objects["model"], objects["datamodule"]
+    batches = list(datamodule.iterate(datamodule.val_dataloader(), module.device))
+    x, y = torch.cat([b[0] for b in batches]).cpu(), torch.cat([b[1] for b in batches]).cpu()
+    module.eval()
+    with torch.no_grad():
+        decisions = module.predict_open(x)
+    rejected = (decisions == module.unknown_label).float().mean().item()
+    assert returned["calib/val_known_rejection_rate"] == pytest.approx(rejected, abs=1e-6)
+    accuracy = (decisions == y).float().mean().item()
+    assert returned["calib/val_open_set_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    record = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    assert record["validation"]["images"] == "the mnist val split, judged with these thresholds"
+
+
+@pytest.mark.slow
+def test_without_a_calibration_split_each_half_is_judged_by_the_other_halfs_thresholds(
+    train_cfg,
+):
     # q=1: thresholds at the maximum, so a split judged by its own thresholds rejects nothing
     returned, objects = tiny_run(
-        train_cfg, "model=mlae", "calibration=quantile", "calibration.q=1.0"
+        train_cfg,
+        "model=mlae",
+        "calibration=quantile",
+        "calibration.q=1.0",
+        "data.calibration_size=0",
     )
     module, datamodule = objects["model"], objects["datamodule"]
     batches = list(datamodule.iterate(datamodule.calibration_dataloader(), module.device))

@@ -314,11 +314,15 @@ def test_the_fewest_calibration_images_a_rule_needs_is_exact():
         (Conformal(alpha=0.01, delta=0.05), 3),
         (Conformal(alpha=0.1, rank_fraction=0.3), 2),
     ]:
-        needed = calibration_images_needed(rule, 10, voting)
-        assert calibration_images_needed(rule, needed, voting) is None
-        assert calibration_images_needed(rule, needed - 1, voting) == needed
-        # the thresholds fit on that many images and on each half of them
-        scores = correlated_scores(voting, needed, torch.Generator().manual_seed(0))
-        for part in (slice(None), slice(0, needed // 2)):
-            rule.fit_union_record({name: s[part] for name, s in scores.items()})
+        for cross_fitted in (False, True):
+            needed = calibration_images_needed(rule, 10, voting, cross_fitted)
+            assert calibration_images_needed(rule, needed, voting, cross_fitted) is None
+            assert calibration_images_needed(rule, needed - 1, voting, cross_fitted) == needed
+            # the thresholds fit on that many images (and on each half of them)
+            scores = correlated_scores(voting, needed, torch.Generator().manual_seed(0))
+            for part in (slice(None), slice(0, needed // 2))[: 1 + cross_fitted]:
+                rule.fit_union_record({name: s[part] for name, s in scores.items()})
+            if not cross_fitted:  # one image fewer: no threshold keeps the budget
+                with pytest.raises(OSRError):
+                    rule.fit_union_record({name: s[1:] for name, s in scores.items()})
     assert calibration_images_needed(MeanStd(), 2, 3) is None

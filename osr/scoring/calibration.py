@@ -16,13 +16,15 @@ from osr.scoring.thresholds import ThresholdRule, fit_thresholds
 from osr.utils.errors import OSRError
 
 
-def calibration_images_needed(rule: ThresholdRule, images: int, voting: int) -> int | None:
+def calibration_images_needed(
+    rule: ThresholdRule, images: int, voting: int, cross_fitted: bool = False
+) -> int | None:
     """None when ``images`` calibration images are enough for ``rule`` (its thresholds are fitted
-    on all of them and, for the cross-fitted validation figures, on each half), else the
+    on all of them and, with ``cross_fitted`` validation figures, on each half), else the
     fewest that are: only the conformal rule needs a minimum."""
 
     def enough(n: int) -> bool:
-        for size in (n, n // 2):
+        for size in (n, n // 2) if cross_fitted else (n,):
             part = size if voting == 1 else size - round(rule.rank_fraction * size)
             if part < 1:
                 return False
@@ -44,25 +46,32 @@ def calibration_images_needed(rule: ThresholdRule, images: int, voting: int) -> 
 
 
 def check_calibration_size(
-    rule: ThresholdRule, images: int, voting: int, key: str, note: str = ""
+    rule: ThresholdRule,
+    images: int,
+    voting: int,
+    key: str,
+    note: str = "",
+    cross_fitted: bool = False,
 ) -> None:
     """Refuse a calibration split too small for the rule before anything is trained
     (``note``: what else the fix must change)."""
-    needed = calibration_images_needed(rule, images, voting)
+    needed = calibration_images_needed(rule, images, voting, cross_fitted)
     if needed is not None:
         delta = f" and calibration.delta={rule.delta}" if rule.delta is not None else ""
+        halves = " (the thresholds are also cross-fitted on each half of them)"
         raise OSRError(
             f"{key}={images}: calibration.alpha={rule.alpha}{delta} with {voting} voting "
-            f"detector(s) needs at least {needed} calibration images (the thresholds are also "
-            f"cross-fitted on each half of them). Set {key}={needed} or more{note}, or raise "
-            "calibration.alpha" + (" or calibration.delta." if delta else ".")
+            f"detector(s) needs at least {needed} calibration images"
+            + (halves if cross_fitted else "")
+            + f". Set {key}={needed} or more{note}, or raise calibration.alpha"
+            + (" or calibration.delta." if delta else ".")
         )
 
 
 def cross_fitted_decisions(
     module: OpenSetModule, rule: ThresholdRule, logits: Tensor, scores: dict[str, Tensor]
 ) -> Tensor:
-    """The decision on every calibration image, made with thresholds fitted on the other half
+    """The decision on every validation image, made with thresholds fitted on the other half
     of the split (first half / second half, in dataset order), so that no image is judged by a
     threshold fitted on itself."""
     n = len(logits)
@@ -113,10 +122,11 @@ def calibrate(
     store them in ``module``.
 
     Also reports how the calibrated model does on known images it was not calibrated on: the
-    share rejected as UNKNOWN and the (K+1)-way accuracy (a rejection counts as an error), each
-    calibration image judged with thresholds cross-fitted on the other half of the split. These
-    need no OOD data, so a hyperparameter search may select on them without a threshold that
-    only fits its own data looking good.
+    share rejected as UNKNOWN and the (K+1)-way accuracy (a rejection counts as an error) of
+    the validation split, judged with these thresholds (without a calibration split of its
+    own, each half of the validation split judged with thresholds fitted on the other half).
+    These need no OOD data, so a hyperparameter search may select on them without a threshold
+    that only fits its own data looking good, and without touching the calibration images.
     """
     newly_fitted = fit_detectors(module, datamodule)
     loader = datamodule.calibration_dataloader()
@@ -136,7 +146,13 @@ def calibrate(
     module.conformal_reference = reference_rule.reference(
         {name: scores[name] for name in module.hparams.voting_scores}
     )
-    decisions = cross_fitted_decisions(module, rule, logits, scores)
+    if datamodule.calibration_count:
+        judged = collect_scores(module, datamodule, datamodule.val_dataloader())
+        decisions, judged_labels = module.decide(judged[1], judged[0]), judged[2]
+        how = f"the {datamodule.name} val split, judged with these thresholds"
+    else:
+        decisions, judged_labels = cross_fitted_decisions(module, rule, logits, scores), labels
+        how = "each half of the split judged with thresholds fitted on the other half"
     if "guarantee" in union_record and not datamodule.calibration_count:
         union_record["guarantee"] += (
             "; not met exactly here: the calibration images also selected the checkpoint "
@@ -151,10 +167,10 @@ def calibrate(
         "split": split,
         "calibration": calibration_split_record(datamodule, len(labels)),
         "scores": fitted,
-        # each half of the split judged with thresholds fitted on the other half
         "validation": {
+            "images": how,
             "known_rejection_rate": (decisions == module.unknown_label).float().mean().item(),
-            "open_set_accuracy": (decisions == labels).float().mean().item(),
+            "open_set_accuracy": (decisions == judged_labels).float().mean().item(),
         },
     }
     return Calibration(record, {name: values.cpu() for name, values in scores.items()})
