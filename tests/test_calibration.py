@@ -131,7 +131,7 @@ def test_validation_figures_judge_the_validation_split_by_the_calibrated_thresho
     accuracy = (decisions == y).float().mean().item()
     assert returned["calib/val_open_set_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     record = json.loads((tmp_path / "run" / "thresholds.json").read_text())
-    assert record["validation"]["images"] == "the mnist val split, judged with these thresholds"
+    assert record["validation_images"] == "the mnist val split, judged with these thresholds"
 
 
 @pytest.mark.slow

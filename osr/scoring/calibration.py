@@ -167,8 +167,9 @@ def calibrate(
         "split": split,
         "calibration": calibration_split_record(datamodule, len(labels)),
         "scores": fitted,
+        # figures only: every one is logged as calib/val_<name>
+        "validation_images": how,
         "validation": {
-            "images": how,
             "known_rejection_rate": (decisions == module.unknown_label).float().mean().item(),
             "open_set_accuracy": (decisions == judged_labels).float().mean().item(),
         },
